@@ -1,0 +1,86 @@
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../quantile_sketch.h"
+
+namespace lavise_fast {
+namespace {
+
+template <typename scalar_t>
+void quantile_sketch_impl(const at::Tensor& features, at::Tensor& means, at::Tensor& weights, at::Tensor& summary) {
+  const int64_t N = features.size(0), C = features.size(1), HW = features.size(2) * features.size(3);
+  const int64_t capacity = means.size(1);
+  const scalar_t* x = features.data_ptr<scalar_t>();
+  double* mu = means.data_ptr<double>();
+  double* wt = weights.data_ptr<double>();
+  double* sm = summary.data_ptr<double>();
+  at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(N * HW);
+    std::vector<double> out_means(capacity), out_weights(capacity);
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t n_values = 0, n_nan = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t* src = x + (n * C + c) * HW;
+        for (int64_t p = 0; p < HW; ++p) {
+          const float v = static_cast<float>(src[p]);
+          if (std::isnan(v)) {
+            ++n_nan;
+          } else {
+            buffer[n_values++] = v;
+          }
+        }
+      }
+      double* row = sm + c * kSummaryFields;
+      row[kSummaryNaN] += static_cast<double>(n_nan);
+      if (n_values == 0) {
+        continue;
+      }
+      std::sort(buffer.begin(), buffer.begin() + n_values);
+      row[kSummaryMin] = std::min(row[kSummaryMin], static_cast<double>(buffer[0]));
+      row[kSummaryMax] = std::max(row[kSummaryMax], static_cast<double>(buffer[n_values - 1]));
+      const double old_total = row[kSummaryCount];
+      const double total = old_total + static_cast<double>(n_values);
+      double* cm = mu + c * capacity;
+      double* cw = wt + c * capacity;
+      int64_t n_old = 0;
+      while (n_old < capacity && cw[n_old] > 0.0) {
+        ++n_old;
+      }
+      const int64_t n_out = sketch_merge_compress(
+          cm, cw, n_old, buffer.data(), n_values, total, capacity, out_means.data(), out_weights.data());
+      std::copy(out_means.begin(), out_means.begin() + n_out, cm);
+      std::copy(out_weights.begin(), out_weights.begin() + n_out, cw);
+      std::fill(cw + n_out, cw + capacity, 0.0);
+      std::fill(cm + n_out, cm + capacity, 0.0);
+      row[kSummaryCount] = total;
+    }
+  });
+}
+
+void quantile_sketch_update_kernel(
+    const at::Tensor& features,
+    at::Tensor& means,
+    at::Tensor& weights,
+    at::Tensor& summary) {
+  check_quantile_sketch(features, means, weights, summary);
+  if (features.numel() == 0) {
+    return;
+  }
+  auto x = features.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantile_sketch_update_cpu", [&] {
+    quantile_sketch_impl<scalar_t>(x, means, weights, summary);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lavise_fast, CPU, m) {
+  m.impl("quantile_sketch_update", &quantile_sketch_update_kernel);
+}
+
+}  // namespace lavise_fast

@@ -1,0 +1,102 @@
+// quantile_sketch_update: a streaming, mergeable per-channel quantile sketch.
+//
+// Each channel keeps at most `capacity` centroids (mean, weight), sorted by mean,
+// plus a summary row (count, nan_count, min, max). An update merges the sorted
+// finite-or-infinite values of the batch (NaN is counted and ignored) with the
+// centroids and compresses: walking the merged sequence in order with total
+// weight W, the item with cumulative weight `before` and weight w has quantile
+// q = (before + w/2) / W and bucket floor(delta * logit(q)); consecutive items in
+// the same bucket become one centroid. delta = (capacity - 2) / (2 ln 2W) keeps
+// at most `capacity` buckets. The logit scale makes centroids hold a share
+// ~ q(1 - q) / delta of the data: fine in both tails, where thresholds live.
+#pragma once
+
+#include "common.h"
+
+#include <cfloat>
+
+namespace lavise_fast {
+
+constexpr int64_t kSummaryCount = 0;
+constexpr int64_t kSummaryNaN = 1;
+constexpr int64_t kSummaryMin = 2;
+constexpr int64_t kSummaryMax = 3;
+constexpr int64_t kSummaryFields = 4;
+
+// features [N, C, H, W] floating; means, weights [C, capacity] float64; summary [C, 4] float64.
+void check_quantile_sketch(
+    const at::Tensor& features,
+    const at::Tensor& means,
+    const at::Tensor& weights,
+    const at::Tensor& summary);
+
+LAVISE_HOST_DEVICE bool is_infinite(double x) {
+  return x > DBL_MAX || x < -DBL_MAX;
+}
+
+LAVISE_HOST_DEVICE double sketch_delta(int64_t capacity, double total) {
+  return static_cast<double>(capacity - 2) / (2.0 * log(2.0 * total));
+}
+
+LAVISE_HOST_DEVICE double sketch_bucket(double before, double weight, double total, double delta) {
+  const double below = before + 0.5 * weight;
+  return floor(delta * log(below / (total - below)));
+}
+
+// Merges old centroids (sorted by mean; n_old of them) with sorted new values
+// (n_new, each of weight 1; on equal values the old centroid comes first) and
+// writes the compressed centroids to out_means/out_weights. Returns their count.
+// `total` is the weight of everything (old + new).
+template <typename value_t>
+LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
+    const double* old_means,
+    const double* old_weights,
+    int64_t n_old,
+    const value_t* values,
+    int64_t n_new,
+    double total,
+    int64_t capacity,
+    double* out_means,
+    double* out_weights) {
+  const double delta = sketch_delta(capacity, total);
+  int64_t i = 0, j = 0, n_out = -1;
+  double before = 0.0, bucket = 0.0, mean = 0.0, weight = 0.0;
+  while (i < n_old || j < n_new) {
+    double m, w;
+    if (i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]))) {
+      m = old_means[i];
+      w = old_weights[i];
+      ++i;
+    } else {
+      m = static_cast<double>(values[j]);
+      w = 1.0;
+      ++j;
+    }
+    const double b = sketch_bucket(before, w, total, delta);
+    if (n_out >= 0 && b == bucket) {
+      weight += w;
+      if (is_infinite(m) || is_infinite(mean)) {
+        mean = is_infinite(mean) ? mean : m;  // a centroid holding an infinity stays infinite
+      } else if (m != mean) {
+        mean += (m - mean) * (w / weight);  // exact when every member has the same mean
+      }
+    } else {
+      if (n_out >= 0) {
+        out_means[n_out] = mean;
+        out_weights[n_out] = weight;
+      }
+      ++n_out;
+      bucket = b;
+      mean = m;
+      weight = w;
+    }
+    before += w;
+  }
+  if (n_out >= 0) {
+    out_means[n_out] = mean;
+    out_weights[n_out] = weight;
+  }
+  return n_out + 1;
+}
+
+}  // namespace lavise_fast

@@ -1,0 +1,52 @@
+// upsample_iou: intersection and union of thresholded, upsampled activation maps with masks.
+//   B[m, k] = bilinear_upsample(activations[rows[m], k], H x W, align_corners=False) > thresholds[k]
+//   inter[m, k] = |B & masks[m]|,  union[m, k] = |B | masks[m]|   (int64)
+// The N*K*H*W upsampled maps are never materialised.
+#pragma once
+
+#include "common.h"
+
+namespace lavise_fast {
+
+// activations [N, K, h, w] floating; thresholds [K] floating; masks [M, H, W] bool/uint8; rows [M] int.
+void check_upsample_iou(
+    const at::Tensor& activations,
+    const at::Tensor& thresholds,
+    const at::Tensor& masks,
+    const at::Tensor& rows);
+
+// Source indices and weights of output position `dst` for bilinear resizing with
+// align_corners=False, computed as PyTorch does (float arithmetic).
+struct LinearTap {
+  int64_t i0, i1;
+  float l0, l1;
+};
+
+LAVISE_HOST_DEVICE LinearTap bilinear_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+  LinearTap t;
+  if (in_size == out_size) {
+    t.i0 = dst;
+    t.i1 = dst;
+    t.l0 = 1.0f;
+    t.l1 = 0.0f;
+    return t;
+  }
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  float src = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
+  src = src < 0.0f ? 0.0f : src;
+  const int64_t i0 = static_cast<int64_t>(floorf(src));
+  t.i0 = i0 < in_size - 1 ? i0 : in_size - 1;
+  float l1 = src - static_cast<float>(t.i0);
+  l1 = l1 < 0.0f ? 0.0f : (l1 > 1.0f ? 1.0f : l1);
+  t.l1 = l1;
+  t.l0 = 1.0f - l1;
+  t.i1 = t.i0 + (t.i0 < in_size - 1 ? 1 : 0);
+  return t;
+}
+
+// Bilinear value from the four neighbours, in PyTorch's order: width first, then height.
+LAVISE_HOST_DEVICE float bilinear_value(float a00, float a01, float a10, float a11, const LinearTap& y, const LinearTap& x) {
+  return (a00 * x.l0 + a01 * x.l1) * y.l0 + (a10 * x.l0 + a11 * x.l1) * y.l1;
+}
+
+}  // namespace lavise_fast

@@ -1,0 +1,185 @@
+"""Plain-PyTorch definitions of every operator in :mod:`lavise_fast.ops`.
+
+These are the ground truth of the tests and a fallback: short, obviously right and
+slow (they materialise what the fused kernels avoid). Shapes and semantics are those
+of the wrappers in :mod:`lavise_fast.ops`; DESIGN.md section 4 is the specification.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "spatial_max_topk",
+    "attention_pool",
+    "masked_pool",
+    "upsample_iou",
+    "cosine_topk",
+    "quantile_sketch_update",
+    "quantile_sketch_merge",
+    "merge_ranked",
+]
+
+
+def merge_ranked(
+    values_a: torch.Tensor, indices_a: torch.Tensor, values_b: torch.Tensor, indices_b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of two ranked lists per row: larger value first, ties to the smaller
+    index, empty slots (index < 0) and NaN last (returned as -inf / -1). [R, *] -> [R, k]."""
+    v = torch.cat([values_a, values_b], 1).float()
+    i = torch.cat([indices_a, indices_b], 1).long()
+    empty = (i < 0) | v.isnan()
+    v = v.masked_fill(empty, -math.inf)
+    i = i.masked_fill(empty, -1)
+    # Lexicographic order through stable sorts, least significant key first.
+    order = torch.sort(i, dim=1, stable=True).indices
+    v, i, empty = v.gather(1, order), i.gather(1, order), empty.gather(1, order)
+    order = torch.sort(v, dim=1, descending=True, stable=True).indices
+    v, i, empty = v.gather(1, order), i.gather(1, order), empty.gather(1, order)
+    order = torch.sort(empty.to(torch.uint8), dim=1, stable=True).indices
+    v, i = v.gather(1, order), i.gather(1, order)
+    return v[:, :k].contiguous(), i[:, :k].contiguous()
+
+
+def spatial_max_topk(
+    features: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, base_index: int = 0
+) -> torch.Tensor:
+    """maxima[n, c] = max_hw features[n, c] (NaN ignored, NaN if all NaN); values/indices [C, P]
+    updated in place to the P best (max, base_index + n) per channel."""
+    N, C = features.shape[:2]
+    flat = features.float().flatten(2)
+    nan = flat.isnan()
+    maxima = flat.masked_fill(nan, -math.inf).amax(2) if flat.shape[2] else flat.new_full((N, C), -math.inf)
+    maxima = maxima.masked_fill(nan.all(2), math.nan)
+    if N:
+        new_idx = torch.arange(base_index, base_index + N, device=features.device).expand(C, N)
+        v, i = merge_ranked(values, indices, maxima.t(), new_idx, values.shape[1])
+        values.copy_(v)
+        indices.copy_(i)
+    return maxima
+
+
+def _attention_weights(a: torch.Tensor, mode: str, thresholds: torch.Tensor | None) -> torch.Tensor:
+    if mode == "projection":
+        norm = a.flatten(1).norm(dim=1)[:, None, None]
+        return torch.where(norm > 0, a / norm, torch.zeros_like(a))
+    return (a > thresholds[:, None, None]).float()
+
+
+def attention_pool(
+    features: torch.Tensor,
+    rows: torch.Tensor,
+    filters: torch.Tensor,
+    mode: str = "projection",
+    thresholds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """z[m] = mean_hw(features[rows[m]] * w_m), w_m = a/||a|| or 1[a > thresholds[filters[m]]],
+    a = features[rows[m], filters[m]]. [N,C,H,W], [M], [M] -> [M, C] float32."""
+    rows, filters = rows.long(), filters.long()
+    x = features.float()
+    a = x[rows, filters]
+    t = thresholds.float()[filters] if thresholds is not None else None
+    w = _attention_weights(a, mode, t)
+    return (x[rows] * w[:, None]).mean((2, 3))
+
+
+def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """z[m] = mean_hw(features[rows[m]] * nearest_exact(masks[m], h x w)). -> [M, C] float32."""
+    h, w = features.shape[2:]
+    m = F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0]
+    return (features.float()[rows.long()] * m[:, None]).mean((2, 3))
+
+
+def upsample_iou(
+    activations: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """inter/union [M, K] int64 of (bilinear_upsample(activations[rows[m], k]) > thresholds[k]) with masks[m]."""
+    H, W = masks.shape[1:]
+    up = F.interpolate(activations.float(), size=(H, W), mode="bilinear", align_corners=False)
+    on = (up > thresholds.float()[None, :, None, None])[rows.long()]
+    mk = masks.bool()[:, None]
+    return (on & mk).sum((2, 3)), (on | mk).sum((2, 3))
+
+
+def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest cosine similarities per query, descending, ties to the smaller index."""
+    sims = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).t()
+    values, indices = torch.sort(sims, dim=1, descending=True, stable=True)
+    return values[:, :k].contiguous(), indices[:, :k].contiguous()
+
+
+def _compress(
+    means: torch.Tensor, weights: torch.Tensor, total: torch.Tensor, capacity: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compresses weighted items [C, L] (weight 0 = absent; the order of the columns breaks
+    ties of equal means) into at most `capacity` centroids per row (see quantile_sketch.h)."""
+    C, L = means.shape
+    absent = weights <= 0
+    order = torch.sort(means.masked_fill(absent, math.inf), dim=1, stable=True).indices
+    order = order.gather(1, torch.sort(absent.gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
+    m, w, absent = means.gather(1, order), weights.gather(1, order), absent.gather(1, order)
+    before = torch.cumsum(w, 1) - w
+    below = before + 0.5 * w
+    safe_total = total.clamp_min(1.0)[:, None]
+    delta = (capacity - 2) / (2.0 * torch.log(2.0 * safe_total))
+    bucket = torch.floor(delta * torch.log(below / (safe_total - below)))
+    new = torch.ones_like(absent)
+    new[:, 1:] = bucket[:, 1:] != bucket[:, :-1]
+    segment = torch.cumsum(new.long(), 1) - 1
+    segment = segment.masked_fill(absent, capacity)  # a dump column, dropped below
+    out_w = torch.zeros(C, capacity + 1, dtype=torch.float64, device=means.device)
+    out_wm = torch.zeros_like(out_w)
+    out_w.scatter_add_(1, segment, w.masked_fill(absent, 0.0))
+    out_wm.scatter_add_(1, segment, (w * m).masked_fill(absent, 0.0))
+    out_w = out_w[:, :capacity].contiguous()
+    out_m = torch.where(out_w > 0, out_wm[:, :capacity] / out_w.clamp_min(1e-300), torch.zeros_like(out_w))
+    return out_m, out_w
+
+
+def quantile_sketch_update(
+    features: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor
+) -> None:
+    """Adds every position of features [N, C, H, W] to the per-channel sketch (means/weights
+    [C, capacity] float64, summary [C, 4] = count, nan_count, min, max), in place."""
+    C = features.shape[1]
+    x = features.float().transpose(0, 1).reshape(C, -1).double()
+    nan = x.isnan()
+    summary[:, 1] += nan.sum(1).double()
+    valid = ~nan
+    n_valid = valid.sum(1).double()
+    if x.shape[1]:
+        summary[:, 2] = torch.minimum(summary[:, 2], x.masked_fill(nan, math.inf).amin(1))
+        summary[:, 3] = torch.maximum(summary[:, 3], x.masked_fill(nan, -math.inf).amax(1))
+    summary[:, 0] += n_valid
+    m, w = _compress(
+        torch.cat([means, x.masked_fill(nan, 0.0)], 1),
+        torch.cat([weights, valid.double()], 1),
+        summary[:, 0],
+        means.shape[1],
+    )
+    changed = (n_valid > 0)[:, None]  # a channel with no new value keeps its centroids as they were
+    means.copy_(torch.where(changed, m, means))
+    weights.copy_(torch.where(changed, w, weights))
+
+
+def quantile_sketch_merge(
+    means: torch.Tensor,
+    weights: torch.Tensor,
+    summary: torch.Tensor,
+    other_means: torch.Tensor,
+    other_weights: torch.Tensor,
+    other_summary: torch.Tensor,
+) -> None:
+    """Merges another sketch of the same channels into (means, weights, summary), in place."""
+    summary[:, 0] += other_summary[:, 0]
+    summary[:, 1] += other_summary[:, 1]
+    summary[:, 2] = torch.minimum(summary[:, 2], other_summary[:, 2])
+    summary[:, 3] = torch.maximum(summary[:, 3], other_summary[:, 3])
+    m, w = _compress(
+        torch.cat([means, other_means], 1), torch.cat([weights, other_weights], 1), summary[:, 0], means.shape[1]
+    )
+    means.copy_(m)
+    weights.copy_(w)

@@ -1,0 +1,185 @@
+"""The fused operators of lavise_fast, on CPU and CUDA (``torch.ops.lavise_fast.*``).
+
+Each wrapper calls the compiled kernel for the tensors' device; each has a fake
+(meta) kernel so that the ops trace under ``torch.compile`` and a plain-PyTorch twin
+in :mod:`lavise_fast._reference`. Features may be float32, float16 or bfloat16;
+sums accumulate in float32 and outputs are float32 unless stated. None of the ops
+has a backward: they are for inference over a frozen network.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from lavise_fast import _C  # noqa: F401  (importing registers torch.ops.lavise_fast)
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "lavise_fast._C, the compiled operator library, could not be loaded. Build it against the installed torch "
+        "with `pip install --no-build-isolation .` (or `python setup.py build_ext --inplace` in a checkout). "
+        f"Cause: {error}"
+    ) from error
+
+__all__ = [
+    "spatial_max_topk",
+    "attention_pool",
+    "masked_pool",
+    "upsample_iou",
+    "cosine_topk",
+    "quantile_sketch_update",
+    "has_cuda_kernels",
+]
+
+_ops = torch.ops.lavise_fast
+
+
+def has_cuda_kernels() -> bool:
+    """Whether this build of lavise_fast._C contains the CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("lavise_fast::masked_pool", "CUDA")
+
+
+def spatial_max_topk(
+    features: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, base_index: int = 0
+) -> torch.Tensor:
+    """Spatial maxima of a batch and a running top-P of images per channel.
+
+    ``maxima[n, c] = max_{h,w} features[n, c, h, w]`` (NaN positions ignored; NaN when all are).
+    ``values`` [C, P] float32 and ``indices`` [C, P] int64 are updated in place to hold the P
+    largest maxima seen so far per channel, descending, with image ``n`` indexed
+    ``base_index + n``; ties keep the smaller index first; empty slots hold -inf / -1; a NaN
+    maximum never enters.
+
+    Args:
+        features: [N, C, H, W].
+    Returns:
+        maxima [N, C] float32.
+    """
+    return _ops.spatial_max_topk.default(features, values, indices, int(base_index))
+
+
+def attention_pool(
+    features: torch.Tensor,
+    rows: torch.Tensor,
+    filters: torch.Tensor,
+    mode: str = "projection",
+    thresholds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LaViSE filter attention: ``z[m] = mean_{h,w}(features[rows[m]] * w_m)``.
+
+    With ``a = features[rows[m], filters[m]]``: ``w_m = a / ||a||_2`` (0 where ``||a|| = 0``) in
+    mode ``"projection"``, ``w_m = 1[a > thresholds[filters[m]]]`` in mode ``"activation"``.
+    The mean runs over all H*W positions.
+
+    Args:
+        features: [N, C, H, W]. rows, filters: [M] int. thresholds: [C] (activation mode).
+    Returns:
+        [M, C] float32.
+    """
+    return _ops.attention_pool.default(features, rows, filters, mode, thresholds)
+
+
+def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Average pooling under object masks: ``z[m] = mean_{h,w}(features[rows[m]] * mask_m)``.
+
+    ``mask_m`` is ``masks[m]`` (bool, uint8 or float, any H x W) resized to the feature grid
+    h x w like ``F.interpolate(mode="nearest-exact")``; the mean runs over all h*w positions.
+
+    Args:
+        features: [N, C, h, w]. masks: [M, H, W]. rows: [M] int.
+    Returns:
+        [M, C] float32.
+    """
+    return _ops.masked_pool.default(features, masks, rows)
+
+
+def upsample_iou(
+    activations: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlap of thresholded, upsampled activation maps with masks.
+
+    ``B[m, k] = upsample(activations[rows[m], k]) > thresholds[k]``, the upsampling to the
+    masks' H x W being ``F.interpolate(mode="bilinear", align_corners=False)``; returns
+    ``inter[m, k] = |B & masks[m]|`` and ``union[m, k] = |B | masks[m]|``. The N*K*H*W
+    upsampled maps are never materialised.
+
+    Args:
+        activations: [N, K, h, w]. thresholds: [K]. masks: [M, H, W] bool/uint8. rows: [M] int.
+    Returns:
+        (inter, union), each [M, K] int64.
+    """
+    return _ops.upsample_iou.default(activations, thresholds, masks, rows)
+
+
+def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k keys of largest cosine similarity for every query.
+
+    ``sim[r, v] = <q_r, k_v> / (max(|q_r|, 1e-12) * max(|k_v|, 1e-12))``; values descending,
+    ties to the smaller key index. Keys are scanned in chunks, so the R x V matrix of
+    similarities is never materialised. A NaN similarity never enters.
+
+    Args:
+        queries: [R, D]. keys: [V, D]. k: 0 <= k <= V.
+    Returns:
+        (values [R, k] float32, indices [R, k] int64).
+    """
+    return _ops.cosine_topk.default(queries, keys, int(k))
+
+
+def quantile_sketch_update(
+    features: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor
+) -> None:
+    """Adds every position of ``features`` [N, C, H, W] to a per-channel quantile sketch, in place.
+
+    The sketch of channel c is at most ``capacity`` centroids ``means[c]``, ``weights[c]``
+    (float64, sorted by mean, unused slots of weight 0) and ``summary[c]`` = (count,
+    nan_count, min, max). NaN is counted and ignored. See :class:`lavise_fast.stats.ChannelQuantiles`,
+    which owns these tensors and reads quantiles from them.
+    """
+    _ops.quantile_sketch_update.default(features, means, weights, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake kernels: output shapes and dtypes only, for torch.compile and meta tensors.
+
+
+@torch.library.register_fake("lavise_fast::spatial_max_topk")
+def _(features, values, indices, base_index):
+    torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, H, W], got {features.dim()}-D")
+    torch._check(values.shape[0] == features.shape[1], lambda: "values must have one row per channel")
+    return features.new_empty((features.shape[0], features.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("lavise_fast::attention_pool")
+def _(features, rows, filters, mode="projection", thresholds=None):
+    torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, H, W], got {features.dim()}-D")
+    torch._check(rows.shape[0] == filters.shape[0], lambda: "rows and filters must have the same length")
+    return features.new_empty((rows.shape[0], features.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("lavise_fast::masked_pool")
+def _(features, masks, rows):
+    torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, h, w], got {features.dim()}-D")
+    torch._check(masks.dim() == 3, lambda: f"masks must be 3-D [M, H, W], got {masks.dim()}-D")
+    return features.new_empty((masks.shape[0], features.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("lavise_fast::upsample_iou")
+def _(activations, thresholds, masks, rows):
+    torch._check(activations.dim() == 4, lambda: "activations must be 4-D [N, K, h, w]")
+    torch._check(masks.dim() == 3, lambda: "masks must be 3-D [M, H, W]")
+    shape = (masks.shape[0], activations.shape[1])
+    return activations.new_empty(shape, dtype=torch.int64), activations.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lavise_fast::cosine_topk")
+def _(queries, keys, k):
+    torch._check(queries.dim() == 2 and keys.dim() == 2, lambda: "queries and keys must be 2-D")
+    torch._check(k <= keys.shape[0], lambda: "k must be at most the number of keys")
+    shape = (queries.shape[0], k)
+    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lavise_fast::quantile_sketch_update")
+def _(features, means, weights, summary):
+    torch._check(features.dim() == 4, lambda: "features must be 4-D [N, C, H, W]")
+    return None
