@@ -87,9 +87,11 @@ def attention_pool(
 
 
 def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """z[m] = mean_hw(features[rows[m]] * nearest_exact(masks[m], h x w)). -> [M, C] float32."""
+    """z[m] = mean_hw(features[rows[m]] * nearest_exact(masks[m], h x w)); bool/uint8 masks are
+    binary (non-zero = 1), floating masks are weights. -> [M, C] float32."""
     h, w = features.shape[2:]
-    m = F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest-exact")[:, 0]
+    weights = masks.float() if masks.is_floating_point() else (masks != 0).float()
+    m = F.interpolate(weights[:, None], size=(h, w), mode="nearest-exact")[:, 0]
     return (features.float()[rows.long()] * m[:, None]).mean((2, 3))
 
 

@@ -81,8 +81,10 @@ def attention_pool(
 def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Average pooling under object masks: ``z[m] = mean_{h,w}(features[rows[m]] * mask_m)``.
 
-    ``mask_m`` is ``masks[m]`` (bool, uint8 or float, any H x W) resized to the feature grid
-    h x w like ``F.interpolate(mode="nearest-exact")``; the mean runs over all h*w positions.
+    ``mask_m`` is ``masks[m]`` (any H x W) resized to the feature grid h x w like
+    ``F.interpolate(mode="nearest-exact")``; bool and uint8 masks are binary (any non-zero
+    value is 1, so 0/255 masks work), floating masks are used as weights. The mean runs over
+    all h*w positions.
 
     Args:
         features: [N, C, h, w]. masks: [M, H, W]. rows: [M] int.

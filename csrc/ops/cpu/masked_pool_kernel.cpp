@@ -22,6 +22,8 @@ void resize_masks_impl(const at::Tensor& masks, int64_t h, int64_t w, at::Tensor
     sx[x] = nearest_exact_source(x, W, w);
   }
   const mask_t* src = masks.data_ptr<mask_t>();
+  // bool and uint8 masks are binary (any non-zero byte is on, e.g. 0/255 images); floating masks are weights.
+  const bool is_binary = !at::isFloatingType(masks.scalar_type());
   float* dst = weights.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
@@ -29,7 +31,7 @@ void resize_masks_impl(const at::Tensor& masks, int64_t h, int64_t w, at::Tensor
         const mask_t* row = src + (m * H + sy[y]) * W;
         float* out = dst + (m * h + y) * w;
         for (int64_t x = 0; x < w; ++x) {
-          out[x] = static_cast<float>(row[sx[x]]);
+          out[x] = is_binary ? static_cast<float>(row[sx[x]] != mask_t(0)) : static_cast<float>(row[sx[x]]);
         }
       }
     }

@@ -2,44 +2,46 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "../spatial_max_topk.h"
+#include "cpu_helpers.h"
 
 namespace lavise_fast {
 namespace {
 
 // Max of n values ignoring NaN; NaN when all are NaN. Eight independent
-// accumulators so that the compiler can keep them in one vector register.
-template <typename scalar_t>
-float spatial_max(const scalar_t* x, int64_t n) {
+// accumulators so that the compiler keeps them in one vector register.
+LAVISE_CPU_CLONES float max_ignoring_nan(const float* x, int64_t n) {
   constexpr int kLanes = 8;
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
   float acc[kLanes];
   for (int l = 0; l < kLanes; ++l) {
-    acc[l] = -std::numeric_limits<float>::infinity();
+    acc[l] = kLowest;
   }
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const float v = static_cast<float>(x[i + l]);
-      acc[l] = v > acc[l] ? v : acc[l];
+      acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
     }
   }
   for (; i < n; ++i) {
-    const float v = static_cast<float>(x[i]);
-    acc[0] = v > acc[0] ? v : acc[0];
+    acc[0] = x[i] > acc[0] ? x[i] : acc[0];
   }
   float m = acc[0];
   for (int l = 1; l < kLanes; ++l) {
     m = acc[l] > m ? acc[l] : m;
   }
-  if (m == -std::numeric_limits<float>::infinity()) {
-    // Either a true -inf maximum or only NaN: tell them apart.
-    bool any_number = false;
-    for (int64_t k = 0; k < n && !any_number; ++k) {
-      any_number = !std::isnan(static_cast<float>(x[k]));
+  if (m == kLowest) {  // a true -inf maximum, or only NaN: tell them apart
+    for (int64_t k = 0; k < n; ++k) {
+      if (!std::isnan(x[k])) {
+        return m;
+      }
     }
-    return any_number ? m : std::numeric_limits<float>::quiet_NaN();
+    return std::numeric_limits<float>::quiet_NaN();
   }
   return m;
 }
@@ -55,8 +57,18 @@ void spatial_max_topk_impl(
   const scalar_t* x = features.data_ptr<scalar_t>();
   float* out = maxima.data_ptr<float>();
   at::parallel_for(0, N * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      out[nc] = spatial_max(x + nc * HW, HW);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        out[nc] = max_ignoring_nan(x + nc * HW, HW);
+      }
+    } else {
+      std::vector<float> row(HW);
+      for (int64_t nc = begin; nc < end; ++nc) {
+        for (int64_t p = 0; p < HW; ++p) {
+          row[p] = static_cast<float>(x[nc * HW + p]);
+        }
+        out[nc] = max_ignoring_nan(row.data(), HW);
+      }
     }
   });
   const int64_t P = values.size(1);

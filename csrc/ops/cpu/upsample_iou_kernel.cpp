@@ -5,33 +5,39 @@
 #include <vector>
 
 #include "../upsample_iou.h"
+#include "cpu_helpers.h"
 
 namespace lavise_fast {
 namespace {
 
-// Masks packed as bitsets: bits[m, word], one bit per pixel in row-major order.
-at::Tensor pack_masks(const at::Tensor& masks, int64_t words) {
-  const int64_t M = masks.size(0), HW = masks.size(1) * masks.size(2);
-  auto bits = at::zeros({M, words}, masks.options().dtype(at::kLong));
-  const uint8_t* src = reinterpret_cast<const uint8_t*>(masks.data_ptr());
-  uint64_t* dst = reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>());
-  at::parallel_for(0, M, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const uint8_t* s = src + m * HW;
-      uint64_t* d = dst + m * words;
-      for (int64_t p = 0; p < HW; ++p) {
-        d[p >> 6] |= static_cast<uint64_t>(s[p] != 0) << (p & 63);
-      }
-    }
-  });
-  return bits;
+// on[x] = r0[x] * l0 + r1[x] * l1 > t (the height step of PyTorch's bilinear order); returns sum(on).
+LAVISE_CPU_CLONES int64_t threshold_row(
+    const float* r0, const float* r1, float l0, float l1, float t, int64_t W, uint8_t* on) {
+  int64_t count = 0;
+  for (int64_t x = 0; x < W; ++x) {
+    const uint8_t v = (r0[x] * l0 + r1[x] * l1) > t;
+    on[x] = v;
+    count += v;
+  }
+  return count;
 }
 
+// sum(a & b) over n bytes holding 0 or 1.
+LAVISE_CPU_CLONES int64_t count_both(const uint8_t* a, const uint8_t* b, int64_t n) {
+  int64_t count = 0;
+  for (int64_t x = 0; x < n; ++x) {
+    count += a[x] & b[x];
+  }
+  return count;
+}
+
+// Separable upsampling: the width step once per source row (tmp[i, X] =
+// a[i, x0] * l0 + a[i, x1] * l1), then one vectorised height step per output row.
 template <typename scalar_t>
 void upsample_iou_impl(
     const at::Tensor& activations,
     const float* thresholds,
-    const at::Tensor& mask_bits,
+    const uint8_t* masks,
     const std::vector<int64_t>& mask_area,
     const std::vector<int64_t>& order,   // mask indices sorted by row
     const std::vector<int64_t>& start,   // start[n] .. start[n + 1]: masks of image n in `order`
@@ -41,7 +47,6 @@ void upsample_iou_impl(
     at::Tensor& uni) {
   const int64_t N = activations.size(0), K = activations.size(1);
   const int64_t h = activations.size(2), w = activations.size(3);
-  const int64_t words = mask_bits.size(1);
   std::vector<LinearTap> ty(H), tx(W);
   for (int64_t y = 0; y < H; ++y) {
     ty[y] = bilinear_tap(y, h, H);
@@ -50,11 +55,9 @@ void upsample_iou_impl(
     tx[x] = bilinear_tap(x, w, W);
   }
   const scalar_t* act = activations.data_ptr<scalar_t>();
-  const uint64_t* mb = reinterpret_cast<const uint64_t*>(mask_bits.data_ptr<int64_t>());
   int64_t* out_i = inter.data_ptr<int64_t>();
   int64_t* out_u = uni.data_ptr<int64_t>();
-  // Only (image, channel) pairs that have masks do any work.
-  std::vector<int64_t> images;
+  std::vector<int64_t> images;  // only images that have masks do any work
   for (int64_t n = 0; n < N; ++n) {
     if (start[n + 1] > start[n]) {
       images.push_back(n);
@@ -62,39 +65,37 @@ void upsample_iou_impl(
   }
   const int64_t jobs = static_cast<int64_t>(images.size()) * K;
   at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> bits(words);
-    std::vector<float> a(h * w), row(w);
+    std::vector<float> a(h * w), tmp(h * W);
+    std::vector<uint8_t> on(W);
+    std::vector<int64_t> counts;
     for (int64_t job = begin; job < end; ++job) {
       const int64_t n = images[job / K], k = job % K;
       const scalar_t* src = act + (n * K + k) * h * w;
       for (int64_t p = 0; p < h * w; ++p) {
         a[p] = static_cast<float>(src[p]);
       }
+      for (int64_t i = 0; i < h; ++i) {
+        const float* ai = a.data() + i * w;
+        float* ti = tmp.data() + i * W;
+        for (int64_t x = 0; x < W; ++x) {
+          ti[x] = ai[tx[x].i0] * tx[x].l0 + ai[tx[x].i1] * tx[x].l1;
+        }
+      }
+      const int64_t first = start[n], last = start[n + 1];
+      counts.assign(last - first, 0);
       const float t = thresholds[k];
-      std::fill(bits.begin(), bits.end(), 0);
       int64_t area = 0;
       for (int64_t y = 0; y < H; ++y) {
         const LinearTap& yt = ty[y];
-        const float* r0 = a.data() + yt.i0 * w;
-        const float* r1 = a.data() + yt.i1 * w;
-        const int64_t base = y * W;
-        for (int64_t x = 0; x < W; ++x) {
-          const LinearTap& xt = tx[x];
-          const float v = bilinear_value(r0[xt.i0], r0[xt.i1], r1[xt.i0], r1[xt.i1], yt, xt);
-          const uint64_t on = v > t;
-          area += static_cast<int64_t>(on);
-          bits[(base + x) >> 6] |= on << ((base + x) & 63);
+        area += threshold_row(tmp.data() + yt.i0 * W, tmp.data() + yt.i1 * W, yt.l0, yt.l1, t, W, on.data());
+        for (int64_t s = first; s < last; ++s) {
+          counts[s - first] += count_both(on.data(), masks + (order[s] * H + y) * W, W);
         }
       }
-      for (int64_t s = start[n]; s < start[n + 1]; ++s) {
+      for (int64_t s = first; s < last; ++s) {
         const int64_t m = order[s];
-        const uint64_t* mm = mb + m * words;
-        int64_t count = 0;
-        for (int64_t q = 0; q < words; ++q) {
-          count += __builtin_popcountll(bits[q] & mm[q]);
-        }
-        out_i[m * K + k] = count;
-        out_u[m * K + k] = area + mask_area[m] - count;
+        out_i[m * K + k] = counts[s - first];
+        out_u[m * K + k] = area + mask_area[m] - counts[s - first];
       }
     }
   });
@@ -113,20 +114,20 @@ std::tuple<at::Tensor, at::Tensor> upsample_iou_kernel(
     return {inter, uni};
   }
   const int64_t H = masks.size(1), W = masks.size(2);
-  const int64_t words = (H * W + 63) / 64;
   auto x = activations.contiguous();
   auto t = thresholds.to(at::kFloat).contiguous();
-  auto mk = masks.contiguous();
-  auto bits = pack_masks(mk, words);
+  auto mk = (masks.scalar_type() == at::kBool ? masks.view(at::kByte) : masks.ne(0).view(at::kByte)).contiguous();
+  const uint8_t* mp = mk.data_ptr<uint8_t>();
   std::vector<int64_t> area(M);
-  const uint64_t* b = reinterpret_cast<const uint64_t*>(bits.data_ptr<int64_t>());
-  for (int64_t m = 0; m < M; ++m) {
-    int64_t c = 0;
-    for (int64_t q = 0; q < words; ++q) {
-      c += __builtin_popcountll(b[m * words + q]);
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      int64_t c = 0;
+      for (int64_t p = 0; p < H * W; ++p) {
+        c += mp[m * H * W + p];
+      }
+      area[m] = c;
     }
-    area[m] = c;
-  }
+  });
   auto r = rows.to(at::kLong).contiguous();
   const int64_t* rp = r.data_ptr<int64_t>();
   std::vector<int64_t> start(N + 1, 0), order(M);
@@ -141,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> upsample_iou_kernel(
     order[fill[rp[m]]++] = m;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_iou_cpu", [&] {
-    upsample_iou_impl<scalar_t>(x, t.data_ptr<float>(), bits, area, order, start, H, W, inter, uni);
+    upsample_iou_impl<scalar_t>(x, t.data_ptr<float>(), mp, area, order, start, H, W, inter, uni);
   });
   return {inter, uni};
 }

@@ -1,0 +1,102 @@
+#include <torch/library.h>
+
+#include "../quantile_sketch.h"
+#include "cuda_helpers.h"
+
+namespace lavise_fast {
+namespace {
+
+using namespace lavise_fast::cuda;
+
+// Threads per block of the per-channel merge: few, so that the channels spread
+// over many multiprocessors.
+constexpr int kSketchThreads = 32;
+
+// One thread per channel c: the row sorted[c, 0..L) holds the channel's values in
+// ascending order with NaN last. Counts NaN, updates the summary and merges the
+// values into the centroids (through the scratch rows), exactly as the CPU kernel.
+__global__ void quantile_sketch_cuda_kernel(
+    const float* __restrict__ sorted,
+    int64_t C,
+    int64_t L,
+    int64_t capacity,
+    double* __restrict__ means,
+    double* __restrict__ weights,
+    double* __restrict__ summary,
+    double* __restrict__ scratch_means,
+    double* __restrict__ scratch_weights) {
+  LAVISE_CUDA_1D_KERNEL_LOOP(c, C) {
+    const float* values = sorted + c * L;
+    // NaN sorts last: the first NaN is found by bisection.
+    int64_t lo = 0, hi = L;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (values[mid] != values[mid]) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    const int64_t n_values = lo, n_nan = L - lo;
+    double* row = summary + c * kSummaryFields;
+    row[kSummaryNaN] += static_cast<double>(n_nan);
+    if (n_values == 0) {
+      continue;
+    }
+    const double first = static_cast<double>(values[0]);
+    const double last = static_cast<double>(values[n_values - 1]);
+    row[kSummaryMin] = first < row[kSummaryMin] ? first : row[kSummaryMin];  // std::min(row, first)
+    row[kSummaryMax] = row[kSummaryMax] < last ? last : row[kSummaryMax];    // std::max(row, last)
+    const double old_total = row[kSummaryCount];
+    const double total = old_total + static_cast<double>(n_values);
+    double* cm = means + c * capacity;
+    double* cw = weights + c * capacity;
+    double* out_means = scratch_means + c * capacity;
+    double* out_weights = scratch_weights + c * capacity;
+    int64_t n_old = 0;
+    while (n_old < capacity && cw[n_old] > 0.0) {
+      ++n_old;
+    }
+    const int64_t n_out =
+        sketch_merge_compress(cm, cw, n_old, values, n_values, total, capacity, out_means, out_weights);
+    for (int64_t j = 0; j < capacity; ++j) {
+      cm[j] = j < n_out ? out_means[j] : 0.0;
+      cw[j] = j < n_out ? out_weights[j] : 0.0;
+    }
+    row[kSummaryCount] = total;
+  }
+}
+
+void quantile_sketch_update_kernel(
+    const at::Tensor& features,
+    at::Tensor& means,
+    at::Tensor& weights,
+    at::Tensor& summary) {
+  check_quantile_sketch(features, means, weights, summary);
+  if (features.numel() == 0) {
+    return;
+  }
+  c10::cuda::CUDAGuard guard(features.device());
+  auto x = features.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), L = N * HW;
+  const int64_t capacity = means.size(1);
+  // Each channel's values as one float32 row [C, N * HW], sorted ascending (NaN last).
+  auto rows = at::empty({C, N, HW}, x.options().dtype(at::kFloat));
+  rows.copy_(x.view({N, C, HW}).transpose(0, 1));
+  auto sorted = std::get<0>(at::sort(rows.view({C, L}), /*dim=*/1)).contiguous();
+  auto scratch_means = at::empty({C, capacity}, means.options());
+  auto scratch_weights = at::empty({C, capacity}, weights.options());
+  quantile_sketch_cuda_kernel<<<grid_size(C, kSketchThreads), kSketchThreads, 0,
+                                at::cuda::getCurrentCUDAStream()>>>(
+      sorted.data_ptr<float>(), C, L, capacity, means.data_ptr<double>(), weights.data_ptr<double>(),
+      summary.data_ptr<double>(), scratch_means.data_ptr<double>(), scratch_weights.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lavise_fast, CUDA, m) {
+  m.impl("quantile_sketch_update", &quantile_sketch_update_kernel);
+}
+
+}  // namespace lavise_fast

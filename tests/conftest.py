@@ -1,0 +1,47 @@
+"""Shared test setup: the device parametrisation, the `cuda` skip and a per-test seed.
+
+Every test that runs an operator takes the ``device`` fixture, so it runs once per entry of
+``DEVICES``; the CUDA entry carries the ``cuda`` marker and is skipped where no GPU (or no
+CUDA build of ``lavise_fast._C``) is available.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _cuda_skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "CUDA is not available (torch.cuda.is_available() is False)"
+    from lavise_fast import ops
+
+    if not ops.has_cuda_kernels():
+        return "lavise_fast._C was built without CUDA kernels (lavise_fast.ops.has_cuda_kernels() is False)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _cuda_skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """The device a test runs its operators on: every test taking it runs on CPU and CUDA."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed(request: pytest.FixtureRequest) -> None:
+    """A fixed seed per test (derived from its id), so that every failure reproduces."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
