@@ -66,7 +66,6 @@ def _rounds(case: op_cases.Case, impl: str) -> int:
 
 
 def _bench(benchmark, spec: op_cases.CaseSpec, device: str, impl: str) -> None:
-    torch.set_grad_enabled(False)
     case = op_cases.build(spec, device)
     benchmark.extra_info.update(op=spec.label, size=spec.size, impl=impl, bytes_moved=case.bytes_moved)
     last_args: list[tuple] = []

@@ -3,10 +3,13 @@
 ``--bench-scale`` picks the sizes (see ``op_cases.SCALES``): ``auto`` (the default) means
 ``smoke`` under ``--benchmark-disable`` (CI runs every benchmark body once, quickly) and
 ``full`` otherwise. Cases marked ``cuda`` are skipped without a GPU or without the CUDA
-kernels in this build of lavise_fast.
+kernels in this build of lavise_fast. ``bench_*.py`` files are collected as test modules, so
+that ``pytest bench`` (the Makefile's ``bench-check`` and ``bench`` targets) finds them.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import op_cases
 import pytest
@@ -24,6 +27,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    # A file named on the command line is collected by pytest itself; do not collect it twice.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 def _cuda_unavailable() -> str | None:
