@@ -67,7 +67,9 @@ def extensions():
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/ops/*.cpp"))]
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/ops/cpu/*.cpp"))]
     cxx = ["-O3", "-std=c++20", "-fopenmp-simd"]
-    nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+    # --fmad=false: no contraction of a*b+c into FMA, so that the math shared with the CPU
+    # kernels (bilinear weights, sketch means) rounds the same on both devices.
+    nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -89,7 +91,7 @@ def extensions():
     print(f"  CUDA kernels   {'yes' if with_cuda else 'no'}: {why}", file=sys.stderr)
     if with_cuda:
         print(f"  arch list      {os.environ['TORCH_CUDA_ARCH_LIST']}", file=sys.stderr)
-        print(f"  extra includes {include_dirs[1:]}", file=sys.stderr)
+        print(f"  nvidia headers {nvidia_include_dirs() or 'none found'}", file=sys.stderr)
     print(f"  ninja          {shutil.which('ninja') or 'not found (slow serial build)'}", file=sys.stderr)
     print(f"  sources        {len(sources)} files", file=sys.stderr)
     return [ext]

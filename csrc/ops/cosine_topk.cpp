@@ -18,9 +18,8 @@ void check_cosine_topk(const at::Tensor& queries, const at::Tensor& keys, int64_
   check_same_device(keys, "keys", queries, "queries");
 }
 
-int64_t cosine_chunk_size(int64_t rows) {
-  constexpr int64_t kTargetElements = int64_t(1) << 23;  // 32 MB of float32 similarities
-  return std::clamp<int64_t>(kTargetElements / std::max<int64_t>(rows, 1), 1024, 65536);
+int64_t cosine_chunk_size(int64_t rows, int64_t target_elements) {
+  return std::clamp<int64_t>(target_elements / std::max<int64_t>(rows, 1), 1024, 65536);
 }
 
 }  // namespace lavise_fast

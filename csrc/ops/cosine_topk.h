@@ -13,8 +13,8 @@ constexpr double kCosineEps = 1e-12;
 // queries [R, D] floating; keys [V, D] floating; 0 <= k <= V.
 void check_cosine_topk(const at::Tensor& queries, const at::Tensor& keys, int64_t k);
 
-// Keys per chunk: big enough for an efficient matrix product, small enough that
-// a chunk of similarities stays a few tens of MB.
-int64_t cosine_chunk_size(int64_t rows);
+// Keys per chunk for a block of `rows` queries: big enough for an efficient matrix
+// product, small enough that a chunk of similarities stays near `target_elements`.
+int64_t cosine_chunk_size(int64_t rows, int64_t target_elements);
 
 }  // namespace lavise_fast

@@ -48,7 +48,10 @@ LAVISE_HOST_DEVICE float from_orderable_bits(uint32_t key) {
 
 // One int64 per (value, index) whose signed order is the ranking order:
 // sorting keys descending gives larger values first, smaller indices first on ties.
+// -0 is keyed as +0 (they tie, as in ranks_before); NaN keys above +inf, so callers
+// map NaN to an empty slot before keying.
 LAVISE_HOST_DEVICE int64_t ranking_key(float v, uint32_t index) {
+  v = v == 0.0f ? 0.0f : v;
   const uint64_t key = (static_cast<uint64_t>(orderable_bits(v)) << 32) | (0xffffffffu - index);
   return static_cast<int64_t>(key ^ 0x8000000000000000ull);
 }

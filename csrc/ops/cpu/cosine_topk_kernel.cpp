@@ -11,6 +11,7 @@ namespace lavise_fast {
 namespace {
 
 constexpr int64_t kQueryBlock = 512;
+constexpr int64_t kChunkElements = int64_t(1) << 21;  // 8 MB of float32 similarities per block
 
 std::tuple<at::Tensor, at::Tensor> cosine_topk_kernel(const at::Tensor& queries, const at::Tensor& keys, int64_t k) {
   check_cosine_topk(queries, keys, k);
@@ -25,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_kernel(const at::Tensor& queries,
   auto inv_key_norm = keys.to(at::kFloat).norm(2, {1}).clamp_min(kCosineEps).reciprocal();
   float* vals = values.data_ptr<float>();
   int64_t* idx = indices.data_ptr<int64_t>();
-  const int64_t chunk = cosine_chunk_size(std::min(R, kQueryBlock));
+  const int64_t chunk = cosine_chunk_size(std::min(R, kQueryBlock), kChunkElements);
   for (int64_t r0 = 0; r0 < R; r0 += kQueryBlock) {
     const int64_t rb = std::min(kQueryBlock, R - r0);
     auto qb = q.narrow(0, r0, rb);

@@ -14,26 +14,30 @@ namespace {
 using namespace lavise_fast::cuda;
 
 constexpr int64_t kQueryBlock = 4096;
+constexpr int64_t kChunkElements = int64_t(1) << 23;  // 32 MB of float32 similarities per block
 
 // The key of an empty slot (value -inf, index 0xffffffff): below every real key,
 // including those of -inf similarities, as an empty slot ranks last.
 constexpr uint32_t kEmptyIndex = 0xffffffffu;
 
-// keys[i, j] = ranking_key(sims[i, j] * inv_norm[j], col0 + j); NaN becomes the
-// empty key (NaN never enters, as in insert_ranked) and -0 becomes +0 (they tie
-// in insert_ranked). One thread per similarity (grid-stride).
+// keys[i, j] = ranking_key(sims[i, j] * inv_norm[col0 + j], col0 + j); NaN becomes
+// the empty key (NaN never enters, as in insert_ranked), and so do the keys below
+// `first` (already seen in an earlier chunk); -0 becomes +0 (they tie in
+// insert_ranked). One thread per similarity (grid-stride).
 __global__ void ranking_keys_cuda_kernel(
     const float* __restrict__ sims,
     const float* __restrict__ inv_norm,
     int64_t rows,
     int64_t cols,
     int64_t col0,
+    int64_t first,
     int64_t empty_key,
     int64_t* __restrict__ keys) {
   LAVISE_CUDA_1D_KERNEL_LOOP(i, rows * cols) {
-    const int64_t j = i % cols;
-    const float v = sims[i] * inv_norm[j];
-    keys[i] = v != v ? empty_key : ranking_key(v == 0.0f ? 0.0f : v, static_cast<uint32_t>(col0 + j));
+    const int64_t index = col0 + i % cols;
+    const float v = sims[i] * inv_norm[index];
+    keys[i] = (v != v || index < first) ? empty_key
+                                         : ranking_key(v == 0.0f ? 0.0f : v, static_cast<uint32_t>(index));
   }
 }
 
@@ -67,18 +71,22 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_kernel(const at::Tensor& queries,
   auto q = queries.to(at::kFloat);
   q = q / q.norm(2, {1}, /*keepdim=*/true).clamp_min(kCosineEps);
   auto inv_key_norm = keys.to(at::kFloat).norm(2, {1}).clamp_min(kCosineEps).reciprocal().contiguous();
-  const int64_t chunk = cosine_chunk_size(std::min(R, kQueryBlock));
+  const int64_t chunk = cosine_chunk_size(std::min(R, kQueryBlock), kChunkElements);
   for (int64_t r0 = 0; r0 < R; r0 += kQueryBlock) {
     const int64_t rb = std::min(kQueryBlock, R - r0);
     auto qb = q.narrow(0, r0, rb);
     auto best = at::full({rb, k}, empty_key, q.options().dtype(at::kLong));
     for (int64_t v0 = 0; v0 < V; v0 += chunk) {
-      const int64_t vc = std::min(chunk, V - v0);
-      auto kc = keys.narrow(0, v0, vc).to(at::kFloat);
+      // Every product of the block has the same shape, so that cuBLAS computes equal keys
+      // alike in every chunk (ties across chunks stay exact): a last, partial chunk is
+      // widened backwards over keys of the previous chunk, which it skips.
+      const int64_t s = std::max<int64_t>(0, std::min(v0, V - chunk));
+      const int64_t vc = std::min(chunk, V - s);
+      auto kc = keys.narrow(0, s, vc).to(at::kFloat);
       auto sims = at::mm(qb, kc.t()).contiguous();  // [rb, vc]
       auto chunk_keys = at::empty({rb, vc}, sims.options().dtype(at::kLong));
       ranking_keys_cuda_kernel<<<grid_size(rb * vc), kThreads, 0, stream>>>(
-          sims.data_ptr<float>(), inv_key_norm.data_ptr<float>() + v0, rb, vc, v0, empty_key,
+          sims.data_ptr<float>(), inv_key_norm.data_ptr<float>(), rb, vc, s, v0, empty_key,
           chunk_keys.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto candidates = std::get<0>(at::topk(chunk_keys, std::min(k, vc), 1, /*largest=*/true, /*sorted=*/true));

@@ -10,7 +10,8 @@ namespace {
 using namespace lavise_fast::cuda;
 
 // weights[m, y * w + x] = masks[m, sy(y), sx(x)] (nearest-exact source pixel),
-// one thread per output position (grid-stride).
+// one thread per output position (grid-stride). Binary (bool, uint8) masks give
+// 1 for any non-zero value; floating masks are weights.
 template <typename mask_t>
 __global__ void resize_masks_cuda_kernel(
     const mask_t* __restrict__ masks,
@@ -19,6 +20,7 @@ __global__ void resize_masks_cuda_kernel(
     int64_t W,
     int64_t h,
     int64_t w,
+    bool is_binary,
     float* __restrict__ weights) {
   LAVISE_CUDA_1D_KERNEL_LOOP(i, M * h * w) {
     const int64_t x = i % w;
@@ -26,7 +28,8 @@ __global__ void resize_masks_cuda_kernel(
     const int64_t m = i / (h * w);
     const int64_t sy = nearest_exact_source(y, H, h);
     const int64_t sx = nearest_exact_source(x, W, w);
-    weights[i] = static_cast<float>(masks[(m * H + sy) * W + sx]);
+    const float v = static_cast<float>(masks[(m * H + sy) * W + sx]);
+    weights[i] = is_binary ? static_cast<float>(v != 0.0f) : v;
   }
 }
 
@@ -41,10 +44,11 @@ at::Tensor masked_pool_kernel(const at::Tensor& features, const at::Tensor& mask
   auto mk = masks.contiguous();
   auto r = rows.to(at::kLong).contiguous();
   const int64_t H = mk.size(1), W = mk.size(2);
+  const bool is_binary = !at::isFloatingType(mk.scalar_type());
   auto weights = at::empty({M, h * w}, x.options().dtype(at::kFloat));
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, mk.scalar_type(), "masked_pool_cuda", [&] {
     resize_masks_cuda_kernel<scalar_t><<<grid_size(M * h * w), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        mk.data_ptr<scalar_t>(), M, H, W, h, w, weights.data_ptr<float>());
+        mk.data_ptr<scalar_t>(), M, H, W, h, w, is_binary, weights.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   at::Tensor out;
