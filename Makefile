@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q "setuptools>=77" wheel ninja
+	$(PIP) install -q setuptools wheel ninja
 	LAVISE_FAST_NO_BUILD=1 $(PIP) install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
