@@ -25,7 +25,7 @@ fi
 echo "built in $(( $(date +%s) - start )) s"
 
 echo "== tests (cpu and cuda cases)"
-$PY -m pytest tests -q -p no:cacheprovider -x >"$OUT/tests.log" 2>&1 || status=1
+$PY -m pytest tests -q -p no:cacheprovider --maxfail=20 >"$OUT/tests.log" 2>&1 || status=1
 tail -4 "$OUT/tests.log"
 grep -E "FAILED|Error" "$OUT/tests.log" | head -20
 

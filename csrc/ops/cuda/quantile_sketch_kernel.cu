@@ -1,5 +1,7 @@
 #include <torch/library.h>
 
+#include <limits>
+
 #include "../quantile_sketch.h"
 #include "cuda_helpers.h"
 
@@ -13,10 +15,12 @@ using namespace lavise_fast::cuda;
 constexpr int kSketchThreads = 32;
 
 // One thread per channel c: the row sorted[c, 0..L) holds the channel's values in
-// ascending order with NaN last. Counts NaN, updates the summary and merges the
-// values into the centroids (through the scratch rows), exactly as the CPU kernel.
+// ascending order, its nan_counts[c] NaN replaced by +inf (so they are the last
+// entries). Updates the summary and merges the L - nan_counts[c] numbers into the
+// centroids (through the scratch rows), exactly as the CPU kernel.
 __global__ void quantile_sketch_cuda_kernel(
     const float* __restrict__ sorted,
+    const int64_t* __restrict__ nan_counts,
     int64_t C,
     int64_t L,
     int64_t capacity,
@@ -27,17 +31,7 @@ __global__ void quantile_sketch_cuda_kernel(
     double* __restrict__ scratch_weights) {
   LAVISE_CUDA_1D_KERNEL_LOOP(c, C) {
     const float* values = sorted + c * L;
-    // NaN sorts last: the first NaN is found by bisection.
-    int64_t lo = 0, hi = L;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (values[mid] != values[mid]) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    const int64_t n_values = lo, n_nan = L - lo;
+    const int64_t n_nan = nan_counts[c], n_values = L - n_nan;
     double* row = summary + c * kSummaryFields;
     row[kSummaryNaN] += static_cast<double>(n_nan);
     if (n_values == 0) {
@@ -83,12 +77,17 @@ void quantile_sketch_update_kernel(
   // Each channel's values as one float32 row [C, N * HW], sorted ascending (NaN last).
   auto rows = at::empty({C, N, HW}, x.options().dtype(at::kFloat));
   rows.copy_(x.view({N, C, HW}).transpose(0, 1));
-  auto sorted = std::get<0>(at::sort(rows.view({C, L}), /*dim=*/1)).contiguous();
+  // NaN is counted, then replaced by +inf so that it sorts last whatever the sort's NaN order.
+  auto flat = rows.view({C, L});
+  auto nan = flat.isnan();
+  auto nan_counts = nan.sum(1).contiguous();
+  flat.masked_fill_(nan, std::numeric_limits<float>::infinity());
+  auto sorted = std::get<0>(at::sort(flat, /*dim=*/1)).contiguous();
   auto scratch_means = at::empty({C, capacity}, means.options());
   auto scratch_weights = at::empty({C, capacity}, weights.options());
   quantile_sketch_cuda_kernel<<<grid_size(C, kSketchThreads), kSketchThreads, 0,
                                 at::cuda::getCurrentCUDAStream()>>>(
-      sorted.data_ptr<float>(), C, L, capacity, means.data_ptr<double>(), weights.data_ptr<double>(),
+      sorted.data_ptr<float>(), nan_counts.data_ptr<int64_t>(), C, L, capacity, means.data_ptr<double>(), weights.data_ptr<double>(),
       summary.data_ptr<double>(), scratch_means.data_ptr<double>(), scratch_weights.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
