@@ -66,10 +66,12 @@ def extensions():
     sources = [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/*.cpp"))]
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/ops/*.cpp"))]
     sources += [str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("csrc/ops/cpu/*.cpp"))]
-    cxx = ["-O3", "-std=c++20", "-fopenmp-simd"]
+    # No -std flag: BuildExtension adds the standard that the installed torch was built with
+    # (C++17 up to torch 2.11, C++20 from 2.13); forcing another one breaks exceptions at run time.
+    cxx = ["-O3", "-fopenmp-simd"]
     # --fmad=false: no contraction of a*b+c into FMA, so that the math shared with the CPU
     # kernels (bilinear weights, sketch means) rounds the same on both devices.
-    nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
