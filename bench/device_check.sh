@@ -12,10 +12,17 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PYTHON:-python3}
 status=0
+# Build with the system compiler, whose libstdc++ is the one the Python process loads. (Seen on
+# the lent H200 image: an extra toolchain in /opt/gcc linked parts of its own libstdc++ into the
+# extension, whose un-initialised locale then crashed the first error message a kernel formatted.)
+if [ -z "${CXX:-}" ] && [ -x /usr/bin/g++ ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
 
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.csv"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+echo "compilers: CC=${CC:-default} CXX=${CXX:-default} ($(${CXX:-c++} --version | head -1))"
 
 echo "== build (FORCE_CUDA=1, arch $TORCH_CUDA_ARCH_LIST)"
 start=$(date +%s)
