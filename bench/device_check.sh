@@ -12,10 +12,14 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PYTHON:-python3}
 status=0
-# Build with the system compiler, whose libstdc++ is the one the Python process loads. (Seen on
-# the lent H200 image: an extra toolchain in /opt/gcc linked parts of its own libstdc++ into the
-# extension, whose un-initialised locale then crashed the first error message a kernel formatted.)
-if [ -z "${CXX:-}" ] && [ -x /usr/bin/g++ ]; then
+# Build with the system compiler, whose libstdc++ is the one the Python process loads. Seen on
+# the lent H200 image (2026-11-27): its default CC/CXX (/opt/gcc/bin, a wrapper of g++ 13.3) linked
+# parts of libstdc++ into the extension (36 copies of ostream::_M_insert in _C.so), and the first
+# error message a kernel formatted then crashed in that copy's un-initialised locale.
+# LAVISE_CXX=... overrides the choice.
+if [ -n "${LAVISE_CXX:-}" ]; then
+  export CXX=$LAVISE_CXX CC=${LAVISE_CC:-$LAVISE_CXX}
+elif [ -x /usr/bin/g++ ]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++
 fi
 
