@@ -75,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run the operators on random data and print what they did",
         epilog="example: lavise-fast demo --images 512 --device cpu",
     )
-    demo.add_argument("--images", type=int, default=1024, help="number of random images (default 1024)")
+    demo.add_argument("--images", type=int, default=512, help="number of random images (default 512)")
     demo.add_argument("--channels", type=int, default=512, help="filters in the layer (default 512)")
     demo.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     demo.add_argument("--top-images", type=int, default=25, help="top images kept per filter (default 25)")
-    demo.add_argument("--vocabulary", type=int, default=20000, help="random vocabulary size (default 20000)")
+    demo.add_argument("--vocabulary", type=int, default=5000, help="random vocabulary size (default 5000)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")

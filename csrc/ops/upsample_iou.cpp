@@ -30,4 +30,29 @@ void check_upsample_iou(
   check_index_range(rows, "rows", activations.size(0), "N");
 }
 
+MasksByImage group_masks_by_image(const at::Tensor& rows, int64_t num_images) {
+  auto r = rows.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* rp = r.data_ptr<int64_t>();
+  const int64_t M = r.numel();
+  MasksByImage groups;
+  groups.start.assign(num_images + 1, 0);
+  groups.order.resize(M);
+  for (int64_t m = 0; m < M; ++m) {
+    ++groups.start[rp[m] + 1];
+  }
+  for (int64_t n = 0; n < num_images; ++n) {
+    groups.start[n + 1] += groups.start[n];
+  }
+  std::vector<int64_t> fill(groups.start.begin(), groups.start.end() - 1);
+  for (int64_t m = 0; m < M; ++m) {
+    groups.order[fill[rp[m]]++] = m;
+  }
+  for (int64_t n = 0; n < num_images; ++n) {
+    if (groups.start[n + 1] > groups.start[n]) {
+      groups.images.push_back(n);
+    }
+  }
+  return groups;
+}
+
 }  // namespace lavise_fast

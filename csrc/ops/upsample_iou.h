@@ -6,6 +6,8 @@
 
 #include "common.h"
 
+#include <vector>
+
 namespace lavise_fast {
 
 // activations [N, K, h, w] floating; thresholds [K] floating; masks [M, H, W] bool/uint8; rows [M] int.
@@ -14,6 +16,15 @@ void check_upsample_iou(
     const at::Tensor& thresholds,
     const at::Tensor& masks,
     const at::Tensor& rows);
+
+// Masks grouped by image: order[start[n] .. start[n + 1]) are the masks of image n (in
+// increasing mask index), images the images that have at least one mask.
+struct MasksByImage {
+  std::vector<int64_t> start, order, images;
+};
+
+// rows [M] int (any device; read on the host), each in [0, num_images).
+MasksByImage group_masks_by_image(const at::Tensor& rows, int64_t num_images);
 
 // Source indices and weights of output position `dst` for bilinear resizing with
 // align_corners=False, computed as PyTorch does (float arithmetic).

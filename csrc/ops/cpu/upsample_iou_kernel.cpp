@@ -39,13 +39,12 @@ void upsample_iou_impl(
     const float* thresholds,
     const uint8_t* masks,
     const std::vector<int64_t>& mask_area,
-    const std::vector<int64_t>& order,   // mask indices sorted by row
-    const std::vector<int64_t>& start,   // start[n] .. start[n + 1]: masks of image n in `order`
+    const MasksByImage& groups,
     int64_t H,
     int64_t W,
     at::Tensor& inter,
     at::Tensor& uni) {
-  const int64_t N = activations.size(0), K = activations.size(1);
+  const int64_t K = activations.size(1);
   const int64_t h = activations.size(2), w = activations.size(3);
   std::vector<LinearTap> ty(H), tx(W);
   for (int64_t y = 0; y < H; ++y) {
@@ -57,12 +56,10 @@ void upsample_iou_impl(
   const scalar_t* act = activations.data_ptr<scalar_t>();
   int64_t* out_i = inter.data_ptr<int64_t>();
   int64_t* out_u = uni.data_ptr<int64_t>();
-  std::vector<int64_t> images;  // only images that have masks do any work
-  for (int64_t n = 0; n < N; ++n) {
-    if (start[n + 1] > start[n]) {
-      images.push_back(n);
-    }
-  }
+  // Only images that have masks do any work.
+  const std::vector<int64_t>& start = groups.start;
+  const std::vector<int64_t>& order = groups.order;
+  const std::vector<int64_t>& images = groups.images;
   const int64_t jobs = static_cast<int64_t>(images.size()) * K;
   at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> a(h * w), tmp(h * W);
@@ -128,21 +125,9 @@ std::tuple<at::Tensor, at::Tensor> upsample_iou_kernel(
       area[m] = c;
     }
   });
-  auto r = rows.to(at::kLong).contiguous();
-  const int64_t* rp = r.data_ptr<int64_t>();
-  std::vector<int64_t> start(N + 1, 0), order(M);
-  for (int64_t m = 0; m < M; ++m) {
-    ++start[rp[m] + 1];
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    start[n + 1] += start[n];
-  }
-  std::vector<int64_t> fill(start.begin(), start.end() - 1);
-  for (int64_t m = 0; m < M; ++m) {
-    order[fill[rp[m]]++] = m;
-  }
+  const MasksByImage groups = group_masks_by_image(rows, N);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_iou_cpu", [&] {
-    upsample_iou_impl<scalar_t>(x, t.data_ptr<float>(), mp, area, order, start, H, W, inter, uni);
+    upsample_iou_impl<scalar_t>(x, t.data_ptr<float>(), mp, area, groups, H, W, inter, uni);
   });
   return {inter, uni};
 }

@@ -97,18 +97,11 @@ at::Tensor spatial_max_topk_kernel(
   }
   c10::cuda::CUDAGuard guard(features.device());
   auto x = features.contiguous();
-  // Work on contiguous copies of the running state when needed, then write back.
-  auto v = values.is_contiguous() ? values : values.contiguous();
-  auto i = indices.is_contiguous() ? indices : indices.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_max_topk_cuda", [&] {
-    spatial_max_topk_impl<scalar_t>(x, v, i, base_index, maxima);
+  update_contiguous_state(values, indices, [&](at::Tensor& v, at::Tensor& i) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_max_topk_cuda", [&] {
+      spatial_max_topk_impl<scalar_t>(x, v, i, base_index, maxima);
+    });
   });
-  if (!v.is_same(values)) {
-    values.copy_(v);
-  }
-  if (!i.is_same(indices)) {
-    indices.copy_(i);
-  }
   return maxima;
 }
 

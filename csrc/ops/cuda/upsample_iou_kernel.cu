@@ -164,24 +164,10 @@ std::tuple<at::Tensor, at::Tensor> upsample_iou_kernel(
   auto area = at::count_nonzero(mk.view({M, HW}), at::IntArrayRef{1});  // int64 [M]
 
   // Group the masks by image on the host (rows were already read by the checks).
-  auto r = rows.to(at::kCPU, at::kLong).contiguous();
-  const int64_t* rp = r.data_ptr<int64_t>();
-  std::vector<int64_t> start(N + 1, 0), order(M), images;
-  for (int64_t m = 0; m < M; ++m) {
-    ++start[rp[m] + 1];
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    start[n + 1] += start[n];
-  }
-  std::vector<int64_t> fill(start.begin(), start.end() - 1);
-  for (int64_t m = 0; m < M; ++m) {
-    order[fill[rp[m]]++] = m;
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    if (start[n + 1] > start[n]) {
-      images.push_back(n);
-    }
-  }
+  const MasksByImage groups = group_masks_by_image(rows, N);
+  const std::vector<int64_t>& start = groups.start;
+  const std::vector<int64_t>& order = groups.order;
+  const std::vector<int64_t>& images = groups.images;
   // One device buffer: start [N + 1] | order [M] | images.
   std::vector<int64_t> packed;
   packed.reserve(start.size() + order.size() + images.size());
