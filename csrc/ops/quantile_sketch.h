@@ -43,6 +43,15 @@ LAVISE_HOST_DEVICE double sketch_bucket(double before, double weight, double tot
   return floor(delta * log(below / (total - below)));
 }
 
+// A value of `before + weight / 2` under which sketch_bucket stays at `bucket`: the exact
+// boundary, where delta * logit(q) reaches bucket + 1, lowered by a relative 1e-9, far more
+// than the rounding of either computation. sketch_bucket is monotone in `before`, so an item
+// below this needs no logarithm.
+LAVISE_HOST_DEVICE double sketch_bucket_end(double bucket, double total, double delta) {
+  const double q = 1.0 / (1.0 + exp(-(bucket + 1.0) / delta));
+  return q * total * (1.0 - 1e-9);
+}
+
 // Merges old centroids (sorted by mean; n_old of them) with sorted new values
 // (n_new, each of weight 1; on equal values the old centroid comes first) and
 // writes the compressed centroids to out_means/out_weights. Returns their count.
@@ -60,7 +69,7 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
     double* out_weights) {
   const double delta = sketch_delta(capacity, total);
   int64_t i = 0, j = 0, n_out = -1;
-  double before = 0.0, bucket = 0.0, mean = 0.0, weight = 0.0;
+  double before = 0.0, bucket = 0.0, bucket_end = 0.0, mean = 0.0, weight = 0.0;
   while (i < n_old || j < n_new) {
     double m, w;
     if (i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]))) {
@@ -72,7 +81,11 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
       w = 1.0;
       ++j;
     }
-    const double b = sketch_bucket(before, w, total, delta);
+    double b = bucket;  // below bucket_end an item is in the current bucket: no logarithm
+    if (n_out < 0 || before + 0.5 * w >= bucket_end) {
+      b = sketch_bucket(before, w, total, delta);
+      bucket_end = sketch_bucket_end(b, total, delta);
+    }
     if (n_out >= 0 && b == bucket) {
       weight += w;
       if (is_infinite(m) || is_infinite(mean)) {

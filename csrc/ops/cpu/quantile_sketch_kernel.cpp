@@ -7,9 +7,48 @@
 #include <vector>
 
 #include "../quantile_sketch.h"
+#include "../ranking.h"
 
 namespace lavise_fast {
 namespace {
+
+// Sorts n floats (no NaN) ascending: an LSD radix sort of their order-preserving
+// 32-bit keys, 11 bits a pass, passes where every key has the same digit skipped.
+// Several times faster than std::sort on the few thousand values of a channel.
+void radix_sort(float* values, int64_t n, std::vector<uint32_t>& keys, std::vector<uint32_t>& scratch) {
+  constexpr int kBits = 11;
+  constexpr uint32_t kMask = (1u << kBits) - 1;
+  keys.resize(n);
+  scratch.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = orderable_bits(values[i]);
+  }
+  uint32_t* src = keys.data();
+  uint32_t* dst = scratch.data();
+  int64_t counts[kMask + 1];
+  for (int shift = 0; shift < 32; shift += kBits) {
+    std::fill(counts, counts + kMask + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      ++counts[(src[i] >> shift) & kMask];
+    }
+    if (counts[(src[0] >> shift) & kMask] == n) {
+      continue;  // one digit for all keys: this pass changes nothing
+    }
+    int64_t offset = 0;
+    for (uint32_t d = 0; d <= kMask; ++d) {
+      const int64_t c = counts[d];
+      counts[d] = offset;
+      offset += c;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      dst[counts[(src[i] >> shift) & kMask]++] = src[i];
+    }
+    std::swap(src, dst);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    values[i] = from_orderable_bits(src[i]);
+  }
+}
 
 template <typename scalar_t>
 void quantile_sketch_impl(const at::Tensor& features, at::Tensor& means, at::Tensor& weights, at::Tensor& summary) {
@@ -21,6 +60,7 @@ void quantile_sketch_impl(const at::Tensor& features, at::Tensor& means, at::Ten
   double* sm = summary.data_ptr<double>();
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(N * HW);
+    std::vector<uint32_t> keys, scratch;
     std::vector<double> out_means(capacity), out_weights(capacity);
     for (int64_t c = begin; c < end; ++c) {
       int64_t n_values = 0, n_nan = 0;
@@ -40,7 +80,7 @@ void quantile_sketch_impl(const at::Tensor& features, at::Tensor& means, at::Ten
       if (n_values == 0) {
         continue;
       }
-      std::sort(buffer.begin(), buffer.begin() + n_values);
+      radix_sort(buffer.data(), n_values, keys, scratch);
       row[kSummaryMin] = std::min(row[kSummaryMin], static_cast<double>(buffer[0]));
       row[kSummaryMax] = std::max(row[kSummaryMax], static_cast<double>(buffer[n_values - 1]));
       const double old_total = row[kSummaryCount];

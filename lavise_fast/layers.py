@@ -1,0 +1,139 @@
+"""Reach any layer of any ``nn.Module`` and read its output, stopping the forward pass there.
+
+A layer is named by its dotted name in ``model.named_modules()`` (``"layer4"``,
+``"features.28"``, ``"_blocks.15"``) or given as the module object. Without a name, the
+default is the last module (in execution order) whose output is 4-D with more than one spatial
+position, so that a global pooling layer is never chosen.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["resolve_layer", "default_layer", "LayerFeatures", "layer_features"]
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """The (dotted name, module) of ``layer`` in ``model``.
+
+    Raises:
+        ValueError: ``layer`` is no module of ``model``; the message lists the nearest names.
+        TypeError: ``layer`` is neither a string nor an ``nn.Module``.
+    """
+    names = {name: module for name, module in model.named_modules() if name}
+    if isinstance(layer, str):
+        if layer in names:
+            return layer, names[layer]
+        near = difflib.get_close_matches(layer, list(names), n=5, cutoff=0.5)
+        hint = f"; nearest: {', '.join(near)}" if near else f"; it has {len(names)} named modules"
+        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}{hint}")
+    if isinstance(layer, nn.Module):
+        for name, module in names.items():
+            if module is layer:
+                return name, module
+        raise ValueError(f"layer {type(layer).__name__} (a module object) is not a submodule of {type(model).__name__}")
+    raise TypeError(f"layer must be a dotted module name or an nn.Module, got {type(layer).__name__}")
+
+
+class _Stop(Exception):
+    """Raised by the hook once every wanted output is captured, to skip the rest of the forward."""
+
+
+class LayerFeatures:
+    """Captures the outputs of ``layers`` of ``model`` during a forward pass and stops the pass
+    right after the last of them has run (``stop_early=True``)::
+
+        with LayerFeatures(model, ["layer3", "layer4"]) as tap:
+            feats = tap(images)          # {"layer3": [N, C3, H3, W3], "layer4": [N, C4, H4, W4]}
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module], stop_early: bool = True) -> None:
+        if not layers:
+            raise ValueError("layers must name at least one layer")
+        self.model = model
+        self.stop_early = stop_early
+        self.layers = dict(resolve_layer(model, layer) for layer in layers)
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> LayerFeatures:
+        for name, module in self.layers.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+            self._outputs[name] = output
+            if self.stop_early and len(self._outputs) == len(self.layers):
+                raise _Stop
+
+        return hook
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Runs the model on ``images`` and returns each layer's output (4-D ``[N, C, H, W]``)."""
+        if not self._handles:
+            raise RuntimeError("use LayerFeatures as a context manager: `with LayerFeatures(model, layers) as tap:`")
+        self._outputs = {}
+        try:
+            self.model(images)
+        except _Stop:
+            pass
+        missing = [name for name in self.layers if name not in self._outputs]
+        if missing:
+            raise RuntimeError(f"the forward pass of {type(self.model).__name__} never ran layer(s) {missing}")
+        for name, out in self._outputs.items():
+            if out.dim() != 4:
+                raise ValueError(
+                    f"layer {name!r} outputs a {out.dim()}-D tensor of shape {tuple(out.shape)}; "
+                    "filters are explained on 4-D [N, C, H, W] feature maps"
+                )
+        return self._outputs
+
+
+@torch.no_grad()
+def layer_features(model: nn.Module, layer: str | nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The output [N, C, H, W] of one layer for a batch, without running the layers after it."""
+    with LayerFeatures(model, [layer]) as tap:
+        return next(iter(tap(images).values()))
+
+
+@torch.no_grad()
+def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
+    """The dotted name of the last module, in execution order, whose output for ``sample`` is 4-D
+    with more than one spatial position (so never a global pooling layer).
+
+    Raises:
+        ValueError: no module gives such an output.
+    """
+    order: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(module: nn.Module, inputs: object, output: object, name: str = name) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
+                order.append(name)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise ValueError(f"no module of {type(model).__name__} outputs a 4-D feature map with more than one position")
+    # The last 4-D output to run; among modules finishing together (a block and its last
+    # child), the outermost, which was registered first and finished last.
+    return order[-1]
