@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 __all__ = ["entities", "visual_genome_labels"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(name: str) -> tuple[str, ...]:
     text = resources.files("lavise_fast").joinpath("data", name).read_text(encoding="utf-8")
     words: dict[str, None] = {}
