@@ -1,8 +1,23 @@
 """lavise_fast: make any CNN describe its own filters in words (LaViSE, CVPR 2022),
 one streaming pass per layer, on CPU or GPU."""
 
-from lavise_fast import ops, stats
+from lavise_fast import layers, ops, semantics, stats, vocabularies
+from lavise_fast.explainer import Explainer, csmr_loss, train_explainer
+from lavise_fast.semantics import Vocabulary
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
 __version__ = "0.1.0"
-__all__ = ["ops", "stats", "TopImages", "ChannelQuantiles", "__version__"]
+__all__ = [
+    "ops",
+    "stats",
+    "layers",
+    "semantics",
+    "vocabularies",
+    "TopImages",
+    "ChannelQuantiles",
+    "Explainer",
+    "csmr_loss",
+    "train_explainer",
+    "Vocabulary",
+    "__version__",
+]

@@ -84,3 +84,93 @@ def test_load_refuses_what_is_not_an_explainer(tmp_path):
         Explainer.load(good)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         Explainer.load(tmp_path / "missing.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training on a small synthetic reference set
+
+COLOURS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0),
+           "white": (1.0, 1.0, 1.0), "cyan": (-1.0, 1.0, 1.0), "purple": (1.0, -1.0, 1.0)}
+
+
+class Patches(torch.utils.data.Dataset):
+    """Images of noise with one or two coloured squares; each square is an object named by its colour."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        names = list(COLOURS)
+        for _ in range(size):
+            image = torch.randn(3, 32, 32, generator=g) * 0.3
+            masks, labels = [], []
+            for _ in range(int(torch.randint(1, 3, (), generator=g))):
+                name = names[int(torch.randint(0, len(names), (), generator=g))]
+                y, x = (int(v) for v in torch.randint(0, 20, (2,), generator=g))
+                mask = torch.zeros(32, 32, dtype=torch.bool)
+                mask[y : y + 12, x : x + 12] = True
+                image[:, mask] = torch.tensor(COLOURS[name])[:, None]
+                masks.append(mask)
+                labels.append(name)
+            self.items.append((image, torch.stack(masks), labels))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def small_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 48, 3, padding=1), torch.nn.ReLU(),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def space():
+    from lavise_fast.semantics import Static
+
+    g = torch.Generator().manual_seed(1)
+    return Static(list(COLOURS), torch.randn(len(COLOURS), 16, generator=g), name="colours")
+
+
+def test_training_lowers_the_loss_and_ranks_the_right_word_first(space):
+    from lavise_fast.explainer import pool_reference, train_explainer
+
+    model, data = small_cnn(), Patches(150)
+    expl = train_explainer(model, data, "4", space, anno_rate=1.0, epochs=15, seed=0, progress=False)
+    assert expl.trained and expl.layer == "4" and expl.channels == 48 and expl.unseen == []
+    vectors, labels, _ = pool_reference(model, Patches(60, seed=7), "4", progress=False)
+    words = space.encode(expl.seen)
+    targets = torch.tensor([expl.seen.index(w) for w in labels])
+    untrained = Explainer(48, 16).eval()
+    with torch.no_grad():
+        loss_after = csmr_loss(expl(vectors), targets, words).item()
+        loss_before = csmr_loss(untrained(vectors), targets, words).item()
+        ranked = (torch.nn.functional.normalize(expl(vectors), dim=1) @ words.t()).argmax(1)
+    assert loss_after < 0.5 * loss_before
+    assert (ranked == targets).float().mean() > 0.9  # fresh images, not the training ones
+
+
+def test_anno_rate_split_is_seeded(space):
+    from lavise_fast.explainer import train_explainer
+
+    model, data = small_cnn(), Patches(40)
+    a = train_explainer(model, data, "4", space, anno_rate=0.5, epochs=1, seed=3, progress=False)
+    b = train_explainer(model, data, "4", space, anno_rate=0.5, epochs=1, seed=3, progress=False)
+    c = train_explainer(model, data, "4", space, anno_rate=0.5, epochs=1, seed=4, progress=False)
+    assert a.seen == b.seen and a.unseen == b.unseen
+    assert len(a.seen) == 3 and sorted(a.seen + a.unseen) == sorted(COLOURS)
+    assert a.seen != c.seen  # another seed, another split (fixed seeds: deterministic)
+    with pytest.raises(ValueError, match="anno_rate"):
+        train_explainer(model, data, "4", space, anno_rate=0.0, progress=False)
+
+
+def test_training_refuses_a_reference_without_objects(space):
+    from lavise_fast.explainer import train_explainer
+
+    empty = [(torch.randn(3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.bool), [])]
+    with pytest.raises(ValueError, match="no object"):
+        train_explainer(small_cnn(), empty, "4", space, progress=False)
