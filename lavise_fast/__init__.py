@@ -2,6 +2,7 @@
 one streaming pass per layer, on CPU or GPU."""
 
 from lavise_fast import layers, ops, semantics, stats, vocabularies
+from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import Explainer, csmr_loss, train_explainer
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.stats import ChannelQuantiles, TopImages
@@ -19,5 +20,7 @@ __all__ = [
     "csmr_loss",
     "train_explainer",
     "Vocabulary",
+    "explain",
+    "ExplainResult",
     "__version__",
 ]
