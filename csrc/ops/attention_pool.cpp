@@ -17,6 +17,9 @@ AttentionMode check_attention_pool(
       " and ", filters.size(0));
   check_same_device(rows, "rows", features, "features");
   check_same_device(filters, "filters", features, "features");
+  TORCH_CHECK_VALUE(
+      rows.size(0) == 0 || features.size(1) == 0 || features.size(2) * features.size(3) > 0,
+      "features must have at least one spatial position, got shape ", features.sizes());
   check_index_range(rows, "rows", features.size(0), "N");
   check_index_range(filters, "filters", features.size(1), "C");
   TORCH_CHECK_VALUE(

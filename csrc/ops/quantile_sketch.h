@@ -112,4 +112,40 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
   return n_out + 1;
 }
 
+// Folds one channel's batch into its sketch: counts n_nan NaN, updates the summary row
+// (count, nan_count, min, max) and merges the n_values sorted numbers into the centroid rows
+// (means, weights: `capacity` slots, unused ones of weight 0) through the scratch rows.
+// A channel with no number keeps its centroids as they were.
+LAVISE_HOST_DEVICE void sketch_update_channel(
+    const float* sorted,
+    int64_t n_values,
+    int64_t n_nan,
+    int64_t capacity,
+    double* means,
+    double* weights,
+    double* summary,
+    double* scratch_means,
+    double* scratch_weights) {
+  summary[kSummaryNaN] += static_cast<double>(n_nan);
+  if (n_values == 0) {
+    return;
+  }
+  const double first = static_cast<double>(sorted[0]);
+  const double last = static_cast<double>(sorted[n_values - 1]);
+  summary[kSummaryMin] = first < summary[kSummaryMin] ? first : summary[kSummaryMin];
+  summary[kSummaryMax] = summary[kSummaryMax] < last ? last : summary[kSummaryMax];
+  const double total = summary[kSummaryCount] + static_cast<double>(n_values);
+  int64_t n_old = 0;
+  while (n_old < capacity && weights[n_old] > 0.0) {
+    ++n_old;
+  }
+  const int64_t n_out = sketch_merge_compress(
+      means, weights, n_old, sorted, n_values, total, capacity, scratch_means, scratch_weights);
+  for (int64_t j = 0; j < capacity; ++j) {
+    means[j] = j < n_out ? scratch_means[j] : 0.0;
+    weights[j] = j < n_out ? scratch_weights[j] : 0.0;
+  }
+  summary[kSummaryCount] = total;
+}
+
 }  // namespace lavise_fast

@@ -18,6 +18,9 @@ namespace {
 void radix_sort(float* values, int64_t n, std::vector<uint32_t>& keys, std::vector<uint32_t>& scratch) {
   constexpr int kBits = 11;
   constexpr uint32_t kMask = (1u << kBits) - 1;
+  if (n < 2) {
+    return;
+  }
   keys.resize(n);
   scratch.resize(n);
   for (int64_t i = 0; i < n; ++i) {
@@ -75,29 +78,10 @@ void quantile_sketch_impl(const at::Tensor& features, at::Tensor& means, at::Ten
           }
         }
       }
-      double* row = sm + c * kSummaryFields;
-      row[kSummaryNaN] += static_cast<double>(n_nan);
-      if (n_values == 0) {
-        continue;
-      }
       radix_sort(buffer.data(), n_values, keys, scratch);
-      row[kSummaryMin] = std::min(row[kSummaryMin], static_cast<double>(buffer[0]));
-      row[kSummaryMax] = std::max(row[kSummaryMax], static_cast<double>(buffer[n_values - 1]));
-      const double old_total = row[kSummaryCount];
-      const double total = old_total + static_cast<double>(n_values);
-      double* cm = mu + c * capacity;
-      double* cw = wt + c * capacity;
-      int64_t n_old = 0;
-      while (n_old < capacity && cw[n_old] > 0.0) {
-        ++n_old;
-      }
-      const int64_t n_out = sketch_merge_compress(
-          cm, cw, n_old, buffer.data(), n_values, total, capacity, out_means.data(), out_weights.data());
-      std::copy(out_means.begin(), out_means.begin() + n_out, cm);
-      std::copy(out_weights.begin(), out_weights.begin() + n_out, cw);
-      std::fill(cw + n_out, cw + capacity, 0.0);
-      std::fill(cm + n_out, cm + capacity, 0.0);
-      row[kSummaryCount] = total;
+      sketch_update_channel(
+          buffer.data(), n_values, n_nan, capacity, mu + c * capacity, wt + c * capacity, sm + c * kSummaryFields,
+          out_means.data(), out_weights.data());
     }
   });
 }

@@ -71,7 +71,6 @@ at::Tensor attention_pool_kernel(
   if (M == 0 || features.size(1) == 0) {
     return at::empty({M, features.size(1)}, features.options().dtype(at::kFloat));
   }
-  TORCH_CHECK_VALUE(HW > 0, "features must have at least one spatial position, got shape ", features.sizes());
   c10::cuda::CUDAGuard guard(features.device());
   auto x = features.contiguous();
   auto r = rows.to(at::kLong).contiguous();

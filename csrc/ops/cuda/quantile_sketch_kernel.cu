@@ -30,34 +30,10 @@ __global__ void quantile_sketch_cuda_kernel(
     double* __restrict__ scratch_means,
     double* __restrict__ scratch_weights) {
   LAVISE_CUDA_1D_KERNEL_LOOP(c, C) {
-    const float* values = sorted + c * L;
-    const int64_t n_nan = nan_counts[c], n_values = L - n_nan;
-    double* row = summary + c * kSummaryFields;
-    row[kSummaryNaN] += static_cast<double>(n_nan);
-    if (n_values == 0) {
-      continue;
-    }
-    const double first = static_cast<double>(values[0]);
-    const double last = static_cast<double>(values[n_values - 1]);
-    row[kSummaryMin] = first < row[kSummaryMin] ? first : row[kSummaryMin];  // std::min(row, first)
-    row[kSummaryMax] = row[kSummaryMax] < last ? last : row[kSummaryMax];    // std::max(row, last)
-    const double old_total = row[kSummaryCount];
-    const double total = old_total + static_cast<double>(n_values);
-    double* cm = means + c * capacity;
-    double* cw = weights + c * capacity;
-    double* out_means = scratch_means + c * capacity;
-    double* out_weights = scratch_weights + c * capacity;
-    int64_t n_old = 0;
-    while (n_old < capacity && cw[n_old] > 0.0) {
-      ++n_old;
-    }
-    const int64_t n_out =
-        sketch_merge_compress(cm, cw, n_old, values, n_values, total, capacity, out_means, out_weights);
-    for (int64_t j = 0; j < capacity; ++j) {
-      cm[j] = j < n_out ? out_means[j] : 0.0;
-      cw[j] = j < n_out ? out_weights[j] : 0.0;
-    }
-    row[kSummaryCount] = total;
+    const int64_t n_nan = nan_counts[c];
+    sketch_update_channel(
+        sorted + c * L, L - n_nan, n_nan, capacity, means + c * capacity, weights + c * capacity,
+        summary + c * kSummaryFields, scratch_means + c * capacity, scratch_weights + c * capacity);
   }
 }
 
