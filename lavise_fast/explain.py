@@ -2,12 +2,20 @@
 
 For every batch of the target loader, on the device of the features: the spatial maxima
 update each filter's top images (``TopImages``) and the quantile sketch (``ChannelQuantiles``);
-the (image, filter) pairs that just entered a filter's top images get their filter attention
-``z = attention_pool(...)`` sent through the head and scored against the vocabulary at once, so
-the pass keeps only the s best word indices of each pair. No image is loaded or run twice.
-At the end each filter's words are voted over its top images, each vote weighted by the image's
-maximum activation of the filter (real-valued; the official code repeats a word ``int(max)``
-times instead).
+the (image, filter) pairs that just entered a filter's top images get their pooled vector
+``z`` sent through the head and scored against the vocabulary at once, so the pass keeps only
+the s best word indices of each pair. At the end each filter's words are voted over its top
+images, each vote weighted by the image's maximum activation of the filter.
+
+The four inference methods of the paper, for an image with feature map ``A`` [C, h, w] and
+``a = A[k]`` the map of filter k with threshold ``t_k``:
+
+- ``projection`` (the paper's): ``z = mean_hw(A * a / ||a||_2)``; in the pass.
+- ``activation``: ``z = mean_hw(A * 1[a > t_k])``; in the pass when ``thresholds`` are given,
+  else after it, re-running only the union of the top images.
+- ``image``: the input image times ``1[bilinear_upsample(a) > t_k]`` is run through the model
+  again and ``z = mean_hw`` of its features; after the pass, on the top images only.
+- ``original``: ``z = mean_hw(A)``, the same for every filter of an image; in the pass.
 """
 
 from __future__ import annotations
@@ -16,19 +24,24 @@ import json
 import math
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from lavise_fast import ops
 from lavise_fast.explainer import Explainer
-from lavise_fast.layers import LayerFeatures
+from lavise_fast.layers import LayerFeatures, resolve_layer
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
-__all__ = ["explain", "ExplainResult"]
+__all__ = ["explain", "ExplainResult", "METHODS"]
+
+METHODS = ("projection", "activation", "image", "original")
 
 
 @dataclass
@@ -69,97 +82,347 @@ class ExplainResult:
 
 
 def _images(batch) -> torch.Tensor:
-    images = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not torch.is_tensor(images) or images.dim() != 4:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise TypeError(f"the loader must yield image batches [N, 3, H, W] (or tuples starting with one), got {shape}")
+    images = batch[0] if isinstance(batch, (tuple, list)) and len(batch) else batch
+    if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
+        found = repr(images)[:60]
+        if torch.is_tensor(images):
+            found = f"{images.dtype} tensor of shape {tuple(images.shape)}"
+        raise TypeError(f"the loader must yield float image batches [N, 3, H, W] (or tuples starting with one), "
+                        f"got {found}")
     return images
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class _Votes:
+    """The (filter, image) pairs of the top images and what they vote for.
+
+    Pairs entering a filter's top images are stashed with their pooled vector z [C] and weight;
+    stashed pairs that have left the top images are dropped before they are scored, and the
+    stash is scored (head, ``cosine_topk``) only when it outgrows ``budget_bytes`` and at the
+    end, so most pairs that enter and leave again are never scored. Scored pairs keep only
+    their s best word indices: per filter, image -> (indices [s], or None when the embedding
+    was not finite; weight).
+    """
+
+    def __init__(self, channels: int, head, words: torch.Tensor, s: int, budget_bytes: int = 64 << 20) -> None:
+        self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
+        self.head, self.words, self.s = head, words, s
+        self.budget_rows = max(1, budget_bytes // (4 * channels))
+        self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.stash_rows = 0
+        self.non_finite = 0
+
+    def add(self, filt: torch.Tensor, images: torch.Tensor, weights: torch.Tensor, z: torch.Tensor,
+            tops: TopImages | None = None) -> None:
+        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C]."""
+        self.stash_parts.append((filt, images, weights.float(), z.float()))
+        self.stash_rows += len(filt)
+        if self.stash_rows > self.budget_rows:
+            if tops is not None:
+                self.prune(tops)
+            if self.stash_rows > self.budget_rows:
+                self.score()
+
+    def _stash(self) -> tuple[torch.Tensor, ...]:
+        parts = [torch.cat(column) for column in zip(*self.stash_parts, strict=True)]
+        self.stash_parts = [tuple(parts)] if len(parts[0]) else []
+        return tuple(parts)
+
+    def prune(self, tops: TopImages) -> None:
+        """Drops the stashed pairs that are no longer among their filter's top images."""
+        if not self.stash_parts:
+            return
+        filt, images, weights, z = self._stash()
+        alive = (tops.indices[filt] == images[:, None]).any(1)
+        self.stash_parts = [(filt[alive], images[alive], weights[alive], z[alive])] if alive.any() else []
+        self.stash_rows = int(alive.sum())
+
+    def score(self) -> None:
+        """Scores the stash: head, then the s best words by cosine similarity."""
+        if not self.stash_parts:
+            return
+        filt, images, weights, z = self._stash()
+        self.stash_parts, self.stash_rows = [], 0
+        embedded = self.head(z)
+        finite = torch.isfinite(embedded).all(1)
+        _, best = ops.cosine_topk(torch.where(finite[:, None], embedded, 0.0), self.words, self.s)
+        finite, best = finite.tolist(), best.cpu()
+        self.non_finite += finite.count(False)
+        for k, image, weight, w_idx, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), best, finite,
+                                               strict=True):
+            self.pairs[k][image] = (w_idx if ok else None, weight)
+
+    def forget(self, tops: TopImages, filters: list[int]) -> None:
+        """Drops the scored pairs of ``filters`` that are no longer among their top images."""
+        for k in filters:
+            if self.pairs[k]:
+                keep = set(tops.indices[k].tolist())
+                self.pairs[k] = {i: v for i, v in self.pairs[k].items() if i in keep}
+
+    def ranked(self, k: int, images: list[int], num_words: int) -> list[tuple[int, float]]:
+        """The vote of filter k over its top images: (word index, summed weight), best first, ties to
+        the smaller index. Images with a maximum <= 0 or no finite embedding do not vote."""
+        votes: dict[int, float] = {}
+        for image in images:
+            w_idx, weight = self.pairs[k].get(image, (None, 0.0))
+            if w_idx is None or not weight > 0:
+                continue
+            for w in w_idx.tolist():
+                votes[w] = votes.get(w, 0.0) + weight
+        return sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:num_words]
+
+
+def _loader_batch_size(loader, default: int) -> int:
+    size = getattr(loader, "batch_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else default
+
+
+def _images_at(loader, wanted: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (global indices [n], images [n, 3, H, W]) for the sorted image positions ``wanted``.
+
+    A ``DataLoader`` over a map-style dataset read in order loads only those images; any other
+    loader is iterated again and the wanted images are picked out of its batches.
+    """
+    dataset = getattr(loader, "dataset", None)
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(loader, torch.utils.data.DataLoader) and isinstance(sampler, torch.utils.data.SequentialSampler):
+        subset = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, wanted), batch_size=batch_size, shuffle=False,
+            num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+        )
+        start = 0
+        for batch in subset:
+            images = _images(batch)
+            yield torch.tensor(wanted[start : start + len(images)]), images
+            start += len(images)
+        return
+    want = torch.tensor(wanted)
+    base = found = 0
+    for batch in loader:
+        images = _images(batch)
+        lo, hi = torch.searchsorted(want, torch.tensor([base, base + len(images)])).tolist()
+        if hi > lo:
+            yield want[lo:hi], images[want[lo:hi] - base]
+            found += hi - lo
+        base += len(images)
+        if found == len(wanted):
+            return
+    raise ValueError(f"iterating the loader a second time gave {base} images, not the {wanted[-1] + 1} or more of "
+                     "the first pass: this method re-runs the top images, so the loader must be re-iterable and "
+                     "yield the same images in the same order (or pass thresholds= for method='activation')")
+
+
+def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,
+                           filt: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """``image`` method: z [M, C] = mean_hw of the features of ``images[rows] * 1[up(a) > t]``, with
+    ``a = features[rows, filt]`` upsampled bilinearly (align_corners=False) to the image size."""
+    a = features[rows, filt].float()[:, None]  # [M, 1, h, w]
+    up = F.interpolate(a, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    mask = up > thresholds[filt][:, None, None]
+    masked = images[rows] * mask[:, None].to(images.dtype)
+    return tap(masked)[layer].float().mean((2, 3))
 
 
 @torch.no_grad()
 def explain(
     model: torch.nn.Module,
     loader,
-    explainer: Explainer,
+    explainer: Explainer | None = None,
     *,
-    filters: list[int] | None = None,
+    layer: str | torch.nn.Module | None = None,
+    filters: Sequence[int] | None = None,
     method: str = "projection",
     top_images: int = 25,
     words_per_image: int = 5,
     num_words: int = 10,
     vocabulary: Vocabulary | None = None,
     quantile: float = 0.995,
+    thresholds: Sequence[float] | torch.Tensor | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> ExplainResult:
-    """Describes the filters of ``explainer.layer`` of ``model`` over the images of ``loader``.
+    """Describes the filters of a layer of ``model`` in words, over the images of ``loader``.
 
-    Only ``method="projection"`` (the paper's) is implemented so far, and ``vocabulary`` (the
-    words to answer with, in the explainer's space) must be given. Image indices are positions in
-    the loader's iteration order; a loader may yield image batches or tuples that start with one.
+    Args:
+        model: the frozen CNN (put in eval mode). loader: yields float image batches [N, 3, H, W],
+            or tuples/lists that start with one; image indices are positions in iteration order.
+        explainer: a trained :class:`Explainer` for the layer. When None, one is trained on the
+            embedded reference set for this model and layer and cached (see
+            :func:`lavise_fast.explainer.default_explainer`).
+        layer: dotted name or module; default the explainer's layer (they must agree), or the last
+            4-D layer of the model when no explainer is given.
+        filters: the filter indices to explain (default all), in the order of the result.
+        method: ``projection`` (the paper's, default), ``activation``, ``image`` or ``original``
+            (module docstring). Only ``projection`` and ``original``, and ``activation`` with
+            ``thresholds``, run in exactly one pass; the others re-run the top images once.
+        top_images: P, the images per filter. words_per_image: s, the words each top image votes
+            for. num_words: the words kept per filter.
+        vocabulary: the candidate words in the explainer's space; default the 1,202 LaViSE
+            entities in the default space (only for explainers trained in it).
+        quantile: the per-filter threshold quantile over all positions of all images (0.995, the
+            top 0.5 % of Network Dissection). thresholds: per-filter thresholds [C] to use
+            instead (e.g. ``result.thresholds`` of an earlier run over all filters).
+
+    The vote weights each top image by its maximum activation of the filter, a real number; the
+    official code repeats a word ``int(max)`` times instead, which drops images whose maximum
+    is below 1. Images whose maximum is <= 0 do not vote (as in the official code). NaN
+    activations are ignored (the sketch counts them, top images never hold them) and reported.
     """
-    if method != "projection":
-        raise NotImplementedError(f"method {method!r} is not available yet; use method='projection'")
-    if vocabulary is None:
-        raise ValueError("vocabulary is required (a lavise_fast.Vocabulary in the explainer's word space)")
-    if explainer.dim != vocabulary.vectors.shape[1]:
-        raise ValueError(f"the explainer embeds into {explainer.dim} dimensions, the vocabulary has "
-                         f"{vocabulary.vectors.shape[1]}")
-    s = min(words_per_image, len(vocabulary.words))
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words)
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    if explainer is None:
+        from lavise_fast.explainer import default_explainer
+
+        explainer = default_explainer(model, loader, layer=layer, device=device, progress=progress)
+    layer_name = explainer.layer if layer is None else resolve_layer(model, layer)[0]
+    explainer.check_compatible(layer_name, explainer.channels)
+    vocabulary = _vocabulary_for(explainer, vocabulary)
+    s = min(words_per_image, len(vocabulary.words))
     head = explainer.to(device).eval()
     words = vocabulary.vectors.to(device)
-    model.eval()
-    tops = quantiles = None
-    payload: list[dict[int, tuple[torch.Tensor, float]]] = []  # per filter: image -> (word indices, weight)
+    given = None if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32).flatten().to(device)
+    in_pass = method in ("projection", "original") or (method == "activation" and given is not None)
+
+    tops = quantiles = votes = None
+    chosen: list[int] = []
+    wanted = None
     base = 0
-    with LayerFeatures(model, [explainer.layer]) as tap:
-        for batch in tqdm(loader, desc="explain", disable=not progress):
+    batch_size = 0
+    with LayerFeatures(model, [layer_name]) as tap:
+        for batch in tqdm(loader, desc=f"explain {layer_name}", disable=not progress):
             images = _images(batch).to(device)
-            features = tap(images)[explainer.layer]
-            C = features.shape[1]
+            features = tap(images)[layer_name]
             if tops is None:
-                explainer.check_compatible(explainer.layer, C)
+                C = features.shape[1]
+                explainer.check_compatible(layer_name, C)
+                chosen = _chosen_filters(filters, C)
+                if given is not None and given.numel() != C:
+                    raise ValueError(f"thresholds must hold one value per filter of {layer_name!r} ({C}), "
+                                     f"got {given.numel()}")
                 tops = TopImages(C, top_images, device=device)
                 quantiles = ChannelQuantiles(C, device=device)
-                payload = [{} for _ in range(C)]
+                votes = _Votes(C, head, words, s)
+                wanted = torch.zeros(C, dtype=torch.bool, device=device)
+                wanted[chosen] = True
+                batch_size = _loader_batch_size(loader, images.shape[0])
             tops.update(features, base)
             quantiles.update(features)
-            entered = (tops.indices >= base) & (tops.indices < base + images.shape[0])
-            filt, slot = entered.nonzero(as_tuple=True)
-            if len(filt):
-                rows = tops.indices[filt, slot] - base
-                z = ops.attention_pool(features, rows, filt)
-                _, best = ops.cosine_topk(head(z), words, s)
-                weights = tops.values[filt, slot].tolist()
-                for k, image, w_idx, weight in zip(
-                    filt.tolist(), (rows + base).tolist(), best.cpu(), weights, strict=True
-                ):
-                    payload[k][image] = (w_idx, weight)
-            for k in filt.unique().tolist():  # forget pairs that left the top images
-                keep = set(tops.indices[k].tolist())
-                payload[k] = {i: v for i, v in payload[k].items() if i in keep}
+            if in_pass:
+                entered = (tops.indices >= base) & (tops.indices < base + images.shape[0]) & wanted[:, None]
+                filt, slot = entered.nonzero(as_tuple=True)
+                if len(filt):
+                    rows = tops.indices[filt, slot] - base
+                    if method == "original":
+                        z = features.float().mean((2, 3))[rows]
+                    else:
+                        z = ops.attention_pool(features, rows, filt, mode=method, thresholds=given)
+                    votes.add(filt, rows + base, tops.values[filt, slot], z, tops)
+                    votes.forget(tops, filt.unique().tolist())
             base += images.shape[0]
-    if tops is None:
-        raise ValueError("the loader yielded no batch")
-    C = tops.num_channels
-    chosen = list(range(C)) if filters is None else [int(f) for f in filters]
-    thresholds = quantiles.quantile(quantile).tolist()
+        if tops is None:
+            raise ValueError("the loader yielded no batch: explain needs at least one image")
+        t = given if given is not None else quantiles.quantile(quantile)
+        if not in_pass:
+            _rerun_top_images(method, loader, tap, layer_name, tops, chosen, t, votes, batch_size, device, progress)
+        votes.prune(tops)
+        votes.score()
+
+    _report_non_finite(quantiles, votes, layer_name)
     result_words, result_scores, result_images, result_acts = [], [], [], []
     for k in chosen:
         idx = [i for i in tops.indices[k].tolist() if i >= 0]
-        acts = tops.values[k, : len(idx)].tolist()
-        votes: dict[int, float] = {}
-        for image in idx:
-            w_idx, weight = payload[k][image]
-            for w in w_idx.tolist():
-                votes[w] = votes.get(w, 0.0) + weight
-        ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:num_words]
+        ranked = votes.ranked(k, idx, num_words)
         result_words.append([vocabulary.words[w] for w, _ in ranked])
         result_scores.append([v for _, v in ranked])
         result_images.append(idx)
-        result_acts.append(acts)
-    settings = {"layer": explainer.layer, "method": method, "top_images": top_images,
-                "words_per_image": s, "num_words": num_words, "quantile": quantile, "images": base}
-    return ExplainResult(chosen, result_words, result_scores, result_images, result_acts,
-                         [thresholds[k] if not math.isnan(thresholds[k]) else float("nan") for k in chosen], settings)
+        result_acts.append(tops.values[k, : len(idx)].tolist())
+    settings = {"layer": layer_name, "method": method, "top_images": top_images, "words_per_image": s,
+                "num_words": num_words, "quantile": quantile if thresholds is None else None,
+                "thresholds_given": thresholds is not None, "images": base, "space": explainer.space,
+                "vocabulary_size": len(vocabulary.words)}
+    t = t.tolist()
+    return ExplainResult(chosen, result_words, result_scores, result_images, result_acts, [t[k] for k in chosen],
+                         settings)
+
+
+def _chosen_filters(filters: Sequence[int] | None, channels: int) -> list[int]:
+    if filters is None:
+        return list(range(channels))
+    chosen = [int(f) for f in filters]
+    bad = [f for f in chosen if not 0 <= f < channels]
+    if bad or not chosen:
+        raise ValueError(f"filters must be indices in [0, {channels}), got {bad or 'none'}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError("filters must not repeat an index")
+    return chosen
+
+
+def _vocabulary_for(explainer: Explainer, vocabulary: Vocabulary | None) -> Vocabulary:
+    """The given vocabulary (checked against the explainer's space), or the entities in the default space."""
+    if vocabulary is None:
+        from lavise_fast import semantics, vocabularies
+
+        space = semantics.default_space()
+        if explainer.space and explainer.space != space.name:
+            raise ValueError(f"the explainer was trained in the word space {explainer.space!r}: pass vocabulary= "
+                             f"(a lavise_fast.Vocabulary in that space); the default vocabulary is in {space.name!r}")
+        return Vocabulary.from_words(vocabularies.entities(), space)
+    if explainer.dim != vocabulary.vectors.shape[1]:
+        raise ValueError(f"the explainer embeds into {explainer.dim} dimensions, the vocabulary has "
+                         f"{vocabulary.vectors.shape[1]}")
+    space = getattr(vocabulary, "space", "")
+    if space and explainer.space and space != explainer.space:
+        raise ValueError(f"the vocabulary is in the word space {space!r}, the explainer was trained in "
+                         f"{explainer.space!r}")
+    return vocabulary
+
+
+def _rerun_top_images(method, loader, tap, layer, tops, chosen, thresholds, votes, batch_size, device,
+                      progress) -> None:
+    """``activation`` without given thresholds and ``image``: runs the model again on the union of
+    the chosen filters' top images (those with a positive maximum), batched, and scores their pairs."""
+    idx, val = tops.indices[chosen], tops.values[chosen]
+    live = (idx >= 0) & (val > 0)
+    filt = torch.tensor(chosen, device=idx.device)[:, None].expand_as(idx)[live]
+    image_of, weight_of = idx[live], val[live]
+    union = sorted(set(image_of.tolist()))
+    if not union:
+        return
+    total = math.ceil(len(union) / batch_size)
+    for positions, images in tqdm(_images_at(loader, union, batch_size), total=total,
+                                  desc=f"re-running top images ({method})", disable=not progress):
+        positions, images = positions.to(device), images.to(device)
+        features = tap(images)[layer]
+        pair = torch.isin(image_of, positions).nonzero().flatten()
+        rows = torch.searchsorted(positions, image_of[pair])
+        step = batch_size if method == "image" else max(1, len(pair))
+        for start in range(0, len(pair), step):
+            part = pair[start : start + batch_size] if method == "image" else pair
+            r = rows[start : start + len(part)]
+            if method == "image":
+                z = _masked_image_features(tap, layer, images, features, r, filt[part], thresholds)
+            else:
+                z = ops.attention_pool(features, r, filt[part], mode="activation", thresholds=thresholds)
+            votes.add(filt[part], image_of[part], weight_of[part], z)
+
+
+def _report_non_finite(quantiles: ChannelQuantiles, votes: _Votes, layer: str) -> None:
+    nan = quantiles.nan_count
+    if nan.sum() > 0:
+        bad = nan.nonzero().flatten().tolist()
+        warnings.warn(f"{int(nan.sum())} activations of {len(bad)} filter(s) of {layer!r} were NaN and were ignored "
+                      f"(filters {bad[:10]}{' ...' if len(bad) > 10 else ''}); filters with no finite activation "
+                      "get no top images and no words", RuntimeWarning, stacklevel=3)
+    if votes.non_finite:
+        warnings.warn(f"{votes.non_finite} (filter, image) pair(s) gave a non-finite embedding and did not vote",
+                      RuntimeWarning, stacklevel=3)

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer"]
+from lavise_fast.data.collate import collate_reference
+
+__all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer", "cache_dir"]
 
 _FORMAT = "lavise_fast.explainer/1"
 
@@ -141,26 +143,6 @@ class Explainer(nn.Module):
         return explainer.eval()
 
 
-def _collate(items):
-    """Reference items (image [3, H, W], masks [M, H, W] bool, labels list[str]) -> a batch:
-    images [B, 3, H, W], masks [sum M, H, W], rows [sum M] (the image of each mask), labels."""
-    images, masks, rows, labels = [], [], [], []
-    for b, item in enumerate(items):
-        if not (isinstance(item, (tuple, list)) and len(item) == 3):
-            raise TypeError("reference items must be (image [3, H, W], masks [M, H, W], labels list[str])")
-        image, item_masks, item_labels = item
-        if item_masks.dim() != 3 or item_masks.shape[0] != len(item_labels):
-            raise ValueError(
-                f"an item has masks of shape {tuple(item_masks.shape)} for {len(item_labels)} labels; "
-                "expected one [H, W] mask per label"
-            )
-        images.append(image)
-        masks.append(item_masks.bool())
-        rows += [b] * len(item_labels)
-        labels += list(item_labels)
-    return torch.stack(images), torch.cat(masks), torch.tensor(rows, dtype=torch.long), labels
-
-
 @torch.no_grad()
 def pool_reference(
     model: nn.Module,
@@ -179,7 +161,7 @@ def pool_reference(
     from lavise_fast.layers import LayerFeatures
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False, collate_fn=collate_reference)
     vectors, labels = [], []
     model.eval()
     with LayerFeatures(model, [layer]) as tap:
@@ -276,3 +258,71 @@ def train_explainer(
     expl.load_state_dict(best_state)
     expl.trained = True
     return expl.eval().cpu()
+
+
+def _fingerprint(model: nn.Module, *parts: object) -> str:
+    """SHA-1 of the model's class, parameters and buffers, and ``parts``."""
+    import hashlib
+
+    digest = hashlib.sha1(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(repr(parts).encode())
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where lavise_fast caches what it computes: ``$LAVISE_FAST_CACHE``, else ``~/.cache/lavise_fast``."""
+    return Path(os.environ.get("LAVISE_FAST_CACHE") or Path.home() / ".cache" / "lavise_fast")
+
+
+def default_explainer(
+    model: nn.Module,
+    loader=None,
+    *,
+    layer: str | nn.Module | None = None,
+    world_size: int = 1000,
+    epochs: int = 10,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Explainer:
+    """The explainer that ``explain(model, loader)`` uses when none is given: trained on the
+    embedded reference set (``lavise_fast.data.ConceptWorld(world_size, image_size=224, seed=0)``)
+    in the default word space (:func:`lavise_fast.semantics.default_space`), every concept word
+    seen (``anno_rate=1``), and cached under :func:`cache_dir` keyed by the model's weights, the
+    layer and these settings, so that the second call costs a file read.
+
+    ``layer`` defaults to the last 4-D layer of ``model`` (``lavise_fast.layers.default_layer``),
+    found on the first image batch of ``loader`` (a reference image when there is no loader).
+    """
+    from lavise_fast.data.world import ConceptWorld
+    from lavise_fast.layers import default_layer, resolve_layer
+    from lavise_fast.semantics import default_space
+
+    world = ConceptWorld(size=world_size, image_size=224, seed=0)
+    if layer is None:
+        sample = None
+        if loader is not None:
+            from lavise_fast.explain import _images
+
+            sample = _images(next(iter(loader)))[:1]
+        sample = world[0][0][None] if sample is None else sample
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        layer = default_layer(model, sample.to(dev))
+    name = resolve_layer(model, layer)[0]
+    space = default_space()
+    key = _fingerprint(model, name, space.name, world_size, epochs, _FORMAT)
+    path = cache_dir() / "explainers" / f"{key}.pt"
+    if path.is_file():
+        try:
+            return Explainer.load(path)
+        except ValueError as error:
+            import logging
+
+            logging.getLogger(__name__).warning("ignoring the unreadable cached explainer %s: %s", path, error)
+    expl = train_explainer(model, world, name, space, anno_rate=1.0, epochs=epochs, device=device, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    expl.save(path)
+    return expl

@@ -1,5 +1,6 @@
-"""explain() against the official algorithm written naively: one filter at a time, batch size
-1, the CNN run again for every top image, a full sort of the vocabulary, a weighted vote."""
+"""explain() against the official algorithm written naively (one filter at a time, batch size
+1, the CNN run again for every top image, a full sort of the vocabulary, a weighted vote) on a
+small torchvision ResNet with a trained head, for the four methods; and its bad inputs."""
 
 from __future__ import annotations
 
@@ -7,36 +8,66 @@ import math
 
 import pytest
 import torch
-from test_explainer import COLOURS, Patches, small_cnn
+import torch.nn.functional as F
+import torchvision
+from test_explainer import COLOURS, Patches
 
 from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import train_explainer
 from lavise_fast.layers import layer_features
 from lavise_fast.semantics import Static, Vocabulary
 
+LAYER = "layer3"
 
-def naive_explain(model, images, layer, expl, vocab, P, s, num_words):
-    feats = [layer_features(model, layer, image[None])[0] for image in images]
+
+def naive_explain(model, images, expl, vocab, method, filters, P, s, num_words):
+    """The official inference loop, per filter: maxima from one pass at batch size 1, the top P
+    images run again one by one, the method's pooled vector, the head, a full sort, the vote."""
+    feats = [layer_features(model, LAYER, image[None])[0] for image in images]
     words, top, thresholds = [], [], []
-    for k in range(feats[0].shape[0]):
+    for k in filters:
+        t = torch.quantile(torch.stack([f[k].flatten() for f in feats]).flatten(), 0.995).item()
         maxima = [f[k].max().item() for f in feats]
         order = sorted(range(len(images)), key=lambda i: (-maxima[i], i))[:P]
         votes: dict[int, float] = {}
         for i in order:
-            A = layer_features(model, layer, images[i][None])[0]  # the CNN again, as the official code
+            if maxima[i] <= 0:  # the official code skips these images
+                continue
+            A = layer_features(model, LAYER, images[i][None])[0]  # the CNN again
             a = A[k]
-            w = a / a.norm() if a.norm() > 0 else torch.zeros_like(a)
-            z = (A * w).mean((1, 2))
+            if method == "projection":
+                z = (A * (a / a.norm() if a.norm() > 0 else torch.zeros_like(a))).mean((1, 2))
+            elif method == "activation":
+                z = (A * (a > t)).mean((1, 2))
+            elif method == "image":
+                up = F.interpolate(a[None, None], size=images[i].shape[-2:], mode="bilinear", align_corners=False)
+                masked = images[i] * (up[0, 0] > t)
+                z = layer_features(model, LAYER, masked[None])[0].mean((1, 2))
+            else:
+                z = A.mean((1, 2))
             with torch.no_grad():
                 e = expl(z[None])[0]
-            sims = torch.nn.functional.cosine_similarity(e[None], vocab.vectors, dim=1)
+            sims = F.cosine_similarity(e[None], vocab.vectors, dim=1)
             for word in torch.sort(sims, descending=True, stable=True).indices[:s].tolist():
                 votes[word] = votes.get(word, 0.0) + maxima[i]
         ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:num_words]
         words.append([vocab.words[w] for w, _ in ranked])
         top.append(order)
-        thresholds.append(torch.quantile(torch.stack([f[k].flatten() for f in feats]).flatten(), 0.995).item())
+        thresholds.append(t)
     return words, top, thresholds
+
+
+def small_resnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as in a trained network
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -44,45 +75,129 @@ def setting():
     g = torch.Generator().manual_seed(1)
     vocab_words = list(COLOURS) + [f"word{i}" for i in range(24)]
     space = Static(vocab_words, torch.randn(len(vocab_words), 16, generator=g), name="test")
-    model = small_cnn()
-    expl = train_explainer(model, Patches(60), "4", space, anno_rate=0.5, epochs=3, progress=False)
+    model = small_resnet()
+    expl = train_explainer(model, Patches(60), LAYER, space, anno_rate=0.5, epochs=3, progress=False)
     return model, expl, Vocabulary.from_words(vocab_words, space)
 
 
-def test_projection_equals_the_naive_official_algorithm(setting):
+@pytest.fixture(scope="module")
+def targets():
+    g = torch.Generator().manual_seed(5)
+    return [torch.randn(3, 48, 48, generator=g) for _ in range(19)]
+
+
+def batches(images, size=5):
+    return [torch.stack(images[i : i + size]) for i in range(0, len(images), size)]  # the last one smaller
+
+
+@pytest.mark.parametrize("method", ["projection", "activation", "image", "original"])
+def test_explain_equals_the_naive_official_algorithm(setting, targets, method):
     model, expl, vocab = setting
-    images = [item[0][:, :12, :12].contiguous() for item in Patches(23, seed=5)]
-    loader = [torch.stack(images[i : i + 5]) for i in range(0, len(images), 5)]  # batches of 5, last of 3
+    filters = torch.randperm(256, generator=torch.Generator().manual_seed(len(method)))[:24].tolist()
     P, s = 4, 3
-    res = explain(model, loader, expl, vocabulary=vocab, top_images=P, words_per_image=s, num_words=6, progress=False)
-    words, top, thresholds = naive_explain(model, images, "4", expl, vocab, P, s, 6)
-    assert res.filters == list(range(48))
+    res = explain(model, batches(targets), expl, method=method, vocabulary=vocab, filters=filters, top_images=P,
+                  words_per_image=s, num_words=6, progress=False)
+    words, top, thresholds = naive_explain(model, targets, expl, vocab, method, filters, P, s, 6)
+    assert res.filters == filters
     assert res.top_images == top
     assert res.words == words
+    assert sum(map(len, res.words)) > 0
     torch.testing.assert_close(torch.tensor(res.thresholds), torch.tensor(thresholds), rtol=1e-5, atol=1e-6)
     for scores, acts in zip(res.scores, res.top_activations, strict=True):
         assert scores == sorted(scores, reverse=True) and acts == sorted(acts, reverse=True)
-        assert math.isclose(sum(scores), sum(acts) * s, rel_tol=1e-5) or len(scores) == 6
+        positive = sum(a for a in acts if a > 0)
+        assert math.isclose(sum(scores), positive * s, rel_tol=1e-5) or len(scores) == 6
+
+
+def test_methods_that_rerun_give_the_same_result_from_any_loader_and_with_given_thresholds(setting, targets):
+    model, expl, vocab = setting
+    data = torch.utils.data.TensorDataset(torch.stack(targets), torch.zeros(len(targets)))
+    dataloader = torch.utils.data.DataLoader(data, batch_size=4)  # in order: only the top images are loaded again
+    kw = dict(vocabulary=vocab, top_images=3, words_per_image=2, progress=False)
+    for method in ("activation", "image"):
+        from_list = explain(model, batches(targets), expl, method=method, **kw)
+        from_dataloader = explain(model, dataloader, expl, method=method, **kw)
+        assert from_list.words == from_dataloader.words and from_list.top_images == from_dataloader.top_images
+    one_pass = explain(model, iter(batches(targets)), expl, method="activation", thresholds=from_list.thresholds, **kw)
+    rerun = explain(model, batches(targets), expl, method="activation", **kw)
+    assert one_pass.words == rerun.words
+    assert one_pass.settings["thresholds_given"] and not rerun.settings["thresholds_given"]
+    with pytest.raises(ValueError, match="re-iterable"):  # a one-shot generator cannot be re-run
+        explain(model, iter(batches(targets)), expl, method="image", **kw)
 
 
 def test_result_json_round_trip_and_bad_file(setting, tmp_path):
     model, expl, vocab = setting
-    loader = [(torch.randn(4, 3, 12, 12), "labels are ignored")]
+    loader = [(torch.randn(4, 3, 32, 32), "labels are ignored")]
     res = explain(model, loader, expl, vocabulary=vocab, top_images=2, filters=[3, 1], progress=False)
     assert res.filters == [3, 1] and len(res.words) == 2
     path = tmp_path / "result.json"
     res.save(path)
     assert ExplainResult.load(path) == res
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
     path.write_text("{ not json")
     with pytest.raises(ValueError, match="result.json is not an ExplainResult"):
         ExplainResult.load(path)
 
 
-def test_bad_loaders_and_arguments(setting):
+def test_bad_inputs_are_clear_errors(setting):
     model, expl, vocab = setting
+    images = [torch.randn(2, 3, 32, 32)]
     with pytest.raises(ValueError, match="no batch"):
         explain(model, [], expl, vocabulary=vocab, progress=False)
     with pytest.raises(TypeError, match="image batches"):
         explain(model, [["not", "images"]], expl, vocabulary=vocab, progress=False)
-    with pytest.raises(NotImplementedError, match="activation"):
-        explain(model, [torch.randn(2, 3, 12, 12)], expl, vocabulary=vocab, method="activation", progress=False)
+    with pytest.raises(TypeError, match="image batches"):
+        explain(model, [torch.zeros(2, 32, 32)], expl, vocabulary=vocab, progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        explain(model, images, expl, vocabulary=vocab, method="gradcam", progress=False)
+    with pytest.raises(ValueError, match="top_images must be a positive int"):
+        explain(model, images, expl, vocabulary=vocab, top_images=0, progress=False)
+    with pytest.raises(ValueError, match=r"filters must be indices in \[0, 256\)"):
+        explain(model, images, expl, vocabulary=vocab, filters=[256], progress=False)
+    with pytest.raises(ValueError, match="one value per filter"):
+        explain(model, images, expl, vocabulary=vocab, method="activation", thresholds=[0.0] * 3, progress=False)
+    with pytest.raises(ValueError, match="not 'layer4'"):
+        explain(model, images, expl, vocabulary=vocab, layer="layer4", progress=False)
+    with pytest.raises(ValueError, match="nearest"):
+        explain(model, images, expl, vocabulary=vocab, layer="layer9", progress=False)
+    wrong = Vocabulary(["a", "b"], torch.randn(2, 5))
+    with pytest.raises(ValueError, match="16 dimensions, the vocabulary has 5"):
+        explain(model, images, expl, vocabulary=wrong, progress=False)
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))  # another model: its layer has other channels
+    other.add_module("layer3", torch.nn.Conv2d(8, 8, 3))
+    with pytest.raises(ValueError, match="trained on 256 channels"):
+        explain(other, images, expl, vocabulary=vocab, progress=False)
+
+
+def test_nan_activations_are_ignored_and_reported(setting):
+    model, expl, vocab = setting
+
+    def poison(module, inputs, output):  # image 0 all NaN; image 1 NaN in the first row of filter 1
+        output = output.clone()
+        output[0] = math.nan
+        output[1, 1, :1] = math.nan
+        return output
+
+    handle = model.layer3.register_forward_hook(poison)
+    try:
+        with pytest.warns(RuntimeWarning) as caught:
+            res = explain(model, [torch.randn(4, 3, 32, 32)], expl, vocabulary=vocab, top_images=2, progress=False)
+    finally:
+        handle.remove()
+    messages = " ".join(str(w.message) for w in caught)
+    assert "were NaN and were ignored" in messages and "non-finite embedding and did not vote" in messages
+    assert all(0 not in images for images in res.top_images)  # NaN never enters the top images
+    assert all(math.isfinite(t) for t in res.thresholds)
+    for images, acts, scores in zip(res.top_images, res.top_activations, res.scores, strict=True):
+        # image 1's pooled vectors hold NaN: only the clean images vote
+        clean = sum(a for i, a in zip(images, acts, strict=True) if i != 1 and a > 0)
+        assert math.isclose(sum(scores), clean * 5, rel_tol=1e-5) or len(scores) == 10
+
+
+def test_a_vocabulary_of_another_space_is_refused(setting):
+    model, expl, vocab = setting
+    other = Static(vocab.words, torch.randn(len(vocab.words), 16), name="elsewhere")
+    with pytest.raises(ValueError, match="space 'elsewhere', the explainer was trained in 'test'"):
+        explain(model, [torch.randn(2, 3, 32, 32)], expl, vocabulary=Vocabulary.from_words(vocab.words, other),
+                progress=False)
