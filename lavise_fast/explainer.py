@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,31 +151,110 @@ def pool_reference(
     layer: str | nn.Module,
     *,
     batch_size: int = 32,
+    cache: str | os.PathLike | None = None,
+    num_workers: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, list[str], str]:
+) -> tuple[torch.Tensor | np.ndarray, list[str], str]:
     """Runs the frozen model ONCE over the reference set and pools the layer's features under
-    every object's mask: returns (vectors [objects, C] float32 on the CPU, labels, layer name)."""
+    every object's mask (``masked_pool``): returns (vectors [objects, C] float32, labels, layer name).
+
+    Vectors are a CPU tensor, or with ``cache`` (a ``.npy`` path) a read-only memory-mapped
+    array written there (atomically, with a ``.json`` beside it holding the labels and a key of
+    the model's weights, the layer and the set's length), so that sets larger than memory train
+    too and a second call with the same model, layer and set reads the file instead of running
+    the model.
+    """
     from tqdm import tqdm
 
     from lavise_fast import ops
-    from lavise_fast.layers import LayerFeatures
+    from lavise_fast.layers import LayerFeatures, resolve_layer
 
+    name = resolve_layer(model, layer)[0]
+    meta_path = key = None
+    if cache is not None:
+        cache = Path(cache)
+        meta_path = cache.with_name(cache.name + ".json")
+        key = _fingerprint(model, name, len(reference), type(reference).__qualname__)
+        cached = _read_pooled(cache, meta_path, key)
+        if cached is not None:
+            return cached[0], cached[1], name
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False, collate_fn=collate_reference)
+    loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate_reference)
     vectors, labels = [], []
+    raw = tempfile.NamedTemporaryFile(dir=cache.parent, prefix=f".{cache.name}.", suffix=".raw") if cache else None
     model.eval()
-    with LayerFeatures(model, [layer]) as tap:
-        name = next(iter(tap.layers))
-        for images, masks, rows, names in tqdm(loader, desc="pooling reference", disable=not progress):
-            if not names:
-                continue
-            features = tap(images.to(device))[name]
-            vectors.append(ops.masked_pool(features, masks.to(device), rows.to(device)).cpu())
-            labels += names
-    if not labels:
-        raise ValueError("the reference set holds no object (no mask with a label)")
-    return torch.cat(vectors), labels, name
+    try:
+        with LayerFeatures(model, [name]) as tap:
+            for images, masks, rows, names in tqdm(loader, desc="pooling reference", disable=not progress):
+                if not names:
+                    continue
+                features = tap(images.to(device))[name]
+                pooled = ops.masked_pool(features, masks.to(device), rows.to(device)).cpu()
+                if raw is not None:
+                    raw.write(pooled.numpy().tobytes())
+                else:
+                    vectors.append(pooled)
+                labels += names
+                channels = pooled.shape[1]
+        if not labels:
+            raise ValueError("the reference set holds no object (no mask with a label)")
+        if raw is None:
+            return torch.cat(vectors), labels, name
+        raw.flush()
+        _write_pooled(Path(raw.name), cache, meta_path, (len(labels), channels), labels, key)
+    finally:
+        if raw is not None:
+            raw.close()
+    return np.load(cache, mmap_mode="r"), labels, name
+
+
+def _write_pooled(raw: Path, path: Path, meta_path: Path, shape: tuple[int, int], labels: list[str], key: str) -> None:
+    """Turns the raw float32 rows in ``raw`` into the ``.npy`` file ``path`` and its ``.json``, atomically."""
+    import json
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(raw, "rb") as src:
+            np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            while chunk := src.read(64 << 20):
+                out.write(chunk)
+        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{meta_path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"format": "lavise_fast.pooled/1", "key": key, "labels": labels}, out)
+        os.replace(tmp, meta_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, list[str]] | None:
+    """The cached vectors and labels when ``path`` holds them for ``key``, else None."""
+    import json
+    import logging
+
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") != key:
+            return None
+        vectors = np.load(path, mmap_mode="r")
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(meta["labels"]):
+            raise ValueError(f"shape {vectors.shape} for {len(meta['labels'])} labels")
+        return vectors, list(meta["labels"])
+    except (ValueError, KeyError, OSError) as error:
+        logging.getLogger(__name__).warning("ignoring the unreadable pooled-feature cache %s: %s", path, error)
+        return None
+
+
+def _rows(vectors: torch.Tensor | np.ndarray, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """vectors[index] on ``device``, from a tensor or a memory-mapped array."""
+    if isinstance(vectors, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(vectors[index.numpy()])).to(device)
+    return vectors[index.to(vectors.device)].to(device)
 
 
 def train_explainer(
@@ -188,13 +268,16 @@ def train_explainer(
     lr: float = 1e-3,
     device: torch.device | str | None = None,
     seed: int = 0,
+    feature_cache: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Explainer:
     """Trains a LaViSE explainer for ``layer`` of the frozen ``model`` on ``reference`` items
     (image [3, H, W], masks [M, H, W] bool, labels list[str]).
 
     The model runs once over the reference set: every (image, object) becomes one
-    ``masked_pool`` vector, kept in memory; the head then trains on those vectors. A seeded
+    ``masked_pool`` vector, kept in memory, or with ``feature_cache`` (a ``.npy`` path) in a
+    memory-mapped file that a later call with the same model, layer and set reuses (see
+    :func:`pool_reference`); the head then trains on those vectors. A seeded
     ``anno_rate`` share of the label words (those ``space`` knows) are *seen* and supervise;
     the others are recorded as *unseen*. 10 % of the seen objects are held out; the head with
     the best held-out loss is kept, and the learning rate is halved when that loss stalls.
@@ -212,7 +295,8 @@ def train_explainer(
 
     from lavise_fast.semantics import Vocabulary
 
-    vectors, labels, layer_name = pool_reference(model, reference, layer, device=device, progress=progress)
+    vectors, labels, layer_name = pool_reference(model, reference, layer, cache=feature_cache, device=device,
+                                                 progress=progress)
     vocabulary = Vocabulary.from_words(labels, space)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(vocabulary.words), generator=generator).tolist()
@@ -220,23 +304,25 @@ def train_explainer(
     seen = sorted(vocabulary.words[i] for i in order[:n_seen])
     unseen = sorted(vocabulary.words[i] for i in order[n_seen:])
     index = {w: i for i, w in enumerate(seen)}
-    keep = [i for i, w in enumerate(labels) if w in index]
-    x = vectors[keep]
-    y = torch.tensor([index[labels[i]] for i in keep], dtype=torch.long)
+    keep = torch.tensor([i for i, w in enumerate(labels) if w in index], dtype=torch.long)
     words = space.encode(seen)
-    perm = torch.randperm(len(y), generator=generator)
-    n_val = len(y) // 10 if len(y) >= 20 else 0
+    perm = torch.randperm(len(keep), generator=generator)
+    n_val = len(keep) // 10 if len(keep) >= 20 else 0
     val, train = perm[:n_val], perm[n_val:]
-    dev = torch.device(device) if device is not None else vectors.device
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if isinstance(vectors, torch.Tensor):
+        vectors = vectors.to(dev)
+    y = torch.tensor([index[labels[i]] for i in keep.tolist()], dtype=torch.long, device=dev)
+    torch.manual_seed(seed)  # the head's initialisation and dropout
     expl = Explainer(
         vectors.shape[1], words.shape[1], layer=layer_name, space=getattr(space, "name", ""), seen=seen, unseen=unseen
     ).to(dev)
-    x, y, words = x.to(dev), y.to(dev), words.to(dev)
+    words = words.to(dev)
     step = int(min(batch_size, max(16, len(train) // 8)))
     optimizer = torch.optim.Adam(expl.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     best, best_state = float("inf"), None
-    torch.manual_seed(seed)
+    held = val if n_val else train
     for _ in tqdm(range(epochs), desc="training explainer", disable=not progress):
         expl.train()
         shuffled = train[torch.randperm(len(train), generator=generator)]
@@ -244,14 +330,16 @@ def train_explainer(
             batch = shuffled[start : start + step]
             if len(batch) < 2:  # BatchNorm needs two rows
                 continue
-            loss = csmr_loss(expl(x[batch]), y[batch], words)
+            loss = csmr_loss(expl(_rows(vectors, keep[batch], dev)), y[batch.to(dev)], words)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         expl.eval()
         with torch.no_grad():
-            held = val if n_val else train
-            score = csmr_loss(expl(x[held]), y[held], words).item()
+            score = sum(
+                csmr_loss(expl(_rows(vectors, keep[part], dev)), y[part.to(dev)], words).item() * len(part)
+                for part in held.split(4096)
+            ) / len(held)
         scheduler.step(score)
         if score < best:
             best, best_state = score, {k: v.detach().clone() for k, v in expl.state_dict().items()}

@@ -174,3 +174,28 @@ def test_training_refuses_a_reference_without_objects(space):
     empty = [(torch.randn(3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.bool), [])]
     with pytest.raises(ValueError, match="no object"):
         train_explainer(small_cnn(), empty, "4", space, progress=False)
+
+
+def test_memory_mapped_feature_cache_trains_the_same_head_and_is_reused(space, tmp_path, monkeypatch):
+    from lavise_fast.explainer import pool_reference, train_explainer
+
+    model, data = small_cnn(), Patches(50)
+    cache = tmp_path / "pooled.npy"
+    in_memory = train_explainer(model, data, "4", space, epochs=2, seed=1, progress=False)
+    mapped = train_explainer(model, data, "4", space, epochs=2, seed=1, feature_cache=cache, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pooled.npy", "pooled.npy.json"]  # no temporary left
+    for name, tensor in in_memory.state_dict().items():
+        torch.testing.assert_close(mapped.state_dict()[name], tensor, rtol=1e-6, atol=1e-6)
+    vectors, labels, _ = pool_reference(model, data, "4", progress=False)
+
+    def no_forward(*args):
+        raise AssertionError("the model ran although the cache holds the vectors")
+
+    monkeypatch.setattr(model, "forward", no_forward)
+    cached, cached_labels, name = pool_reference(model, data, "4", cache=cache, progress=False)
+    assert name == "4" and cached_labels == labels
+    assert torch.equal(torch.from_numpy(cached.copy()), vectors)
+    monkeypatch.undo()
+    (tmp_path / "pooled.npy.json").write_text("{ broken")  # a broken cache is recomputed, not trusted
+    again, _, _ = pool_reference(model, data, "4", cache=cache, progress=False)
+    assert torch.equal(torch.from_numpy(again.copy()), vectors)
