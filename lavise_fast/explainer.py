@@ -330,9 +330,10 @@ def train_explainer(
             batch = shuffled[start : start + step]
             if len(batch) < 2:  # BatchNorm needs two rows
                 continue
-            loss = csmr_loss(expl(_rows(vectors, keep[batch], dev)), y[batch.to(dev)], words)
-            optimizer.zero_grad()
-            loss.backward()
+            with torch.enable_grad():  # also when called under no_grad (explain's default explainer)
+                loss = csmr_loss(expl(_rows(vectors, keep[batch], dev)), y[batch.to(dev)], words)
+                optimizer.zero_grad()
+                loss.backward()
             optimizer.step()
         expl.eval()
         with torch.no_grad():

@@ -7,12 +7,19 @@ CUDA build of ``lavise_fast._C``) is available.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zlib
 
 import pytest
 import torch
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+# What the package caches (word embeddings, default explainers) goes to a folder of this run,
+# never to the user's home; the model hub is never asked.
+os.environ["LAVISE_FAST_CACHE"] = tempfile.mkdtemp(prefix="lavise_fast_test_cache_")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _cuda_skip_reason() -> str | None:

@@ -201,3 +201,35 @@ def test_a_vocabulary_of_another_space_is_refused(setting):
     with pytest.raises(ValueError, match="space 'elsewhere', the explainer was trained in 'test'"):
         explain(model, [torch.randn(2, 3, 32, 32)], expl, vocabulary=Vocabulary.from_words(vocab.words, other),
                 progress=False)
+
+
+def test_the_two_argument_call_trains_a_default_explainer_once_and_caches_it(monkeypatch):
+    """explain(model, loader): an explainer trained on the embedded world in the default space,
+    for the model's last 4-D layer, cached (the second call trains nothing), answering with the
+    LaViSE entities."""
+    import lavise_fast.explainer as explainer_module
+    from lavise_fast.data.world import ConceptWorld
+    from lavise_fast.vocabularies import entities
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 5, stride=4), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 24, 3, stride=2), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(24, 5),
+    ).eval()
+    world = ConceptWorld(size=8, image_size=224, seed=11)
+    loader = [torch.stack([world[i][0] for i in range(j, j + 4)]) for j in (0, 4)]
+    first = explain(model, loader, top_images=3, progress=False)
+    assert first.settings["layer"] == "3" and first.filters == list(range(24))  # not the pooling layer
+    known = set(entities())
+    assert all(set(words) <= known for words in first.words) and sum(map(len, first.words)) > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached default explainer was trained again")
+
+    monkeypatch.setattr(explainer_module, "train_explainer", no_training)
+    second = explain(model, loader, top_images=3, progress=False)
+    assert second == first
+    with pytest.raises(ValueError, match="space 'glove', the explainer was trained in 'all-MiniLM-L6-v2'"):
+        explain(model, loader, explainer_module.default_explainer(model, loader),
+                vocabulary=Vocabulary(["a", "b"], torch.randn(2, 384), space="glove"), progress=False)
