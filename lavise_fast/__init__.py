@@ -1,7 +1,7 @@
 """lavise_fast: make any CNN describe its own filters in words (LaViSE, CVPR 2022),
 one streaming pass per layer, on CPU or GPU."""
 
-from lavise_fast import layers, ops, semantics, stats, vocabularies
+from lavise_fast import data, layers, ops, semantics, stats, vocabularies
 from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import Explainer, csmr_loss, train_explainer
 from lavise_fast.semantics import Vocabulary
@@ -14,6 +14,7 @@ __all__ = [
     "layers",
     "semantics",
     "vocabularies",
+    "data",
     "TopImages",
     "ChannelQuantiles",
     "Explainer",

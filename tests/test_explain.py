@@ -208,7 +208,7 @@ def test_the_two_argument_call_trains_a_default_explainer_once_and_caches_it(mon
     for the model's last 4-D layer, cached (the second call trains nothing), answering with the
     LaViSE entities."""
     import lavise_fast.explainer as explainer_module
-    from lavise_fast.data.world import ConceptWorld
+    from lavise_fast.data import ConceptWorld
     from lavise_fast.vocabularies import entities
 
     torch.manual_seed(0)

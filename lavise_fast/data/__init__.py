@@ -6,6 +6,8 @@ batching of items.
 - :class:`VisualGenomeObjects`: Visual Genome object boxes (the official ``vg_objects.json`` or VG's ``objects.json``).
 - :class:`ReferenceTransform` (image + masks) and :class:`TargetTransform` (image only, for target
   sets): resize 256, centre crop 224, ImageNet normalisation.
+- :class:`ConceptWorld`: the embedded procedural world (shapes, colours, patterns, backgrounds),
+  the default reference set; exportable to COCO.
 - :func:`collate_reference`: a DataLoader ``collate_fn`` for reference items.
 
 The word lists shipped with the package (``*.txt`` here) are read by :mod:`lavise_fast.vocabularies`.
@@ -15,9 +17,7 @@ from lavise_fast.data.coco import CocoInstances
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ReferenceTransform, TargetTransform
 from lavise_fast.data.visual_genome import VisualGenomeObjects
-
-# The embedded synthetic reference set (lavise_fast/data/world.py) is exported here:
-# from lavise_fast.data.world import ConceptWorld
+from lavise_fast.data.world import ConceptWorld
 
 __all__ = [
     "CocoInstances",
@@ -27,5 +27,5 @@ __all__ = [
     "collate_reference",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    # "ConceptWorld",
+    "ConceptWorld",
 ]
