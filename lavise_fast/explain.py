@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from lavise_fast import ops
 from lavise_fast.explainer import Explainer
-from lavise_fast.layers import LayerFeatures, resolve_layer
+from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
@@ -278,7 +278,7 @@ def explain(
     _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words)
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     model.eval()
     if explainer is None:
         from lavise_fast.explainer import default_explainer

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavise_fast.data.collate import collate_reference
+from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
 
 __all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer", "cache_dir"]
 
@@ -168,7 +169,6 @@ def pool_reference(
     from tqdm import tqdm
 
     from lavise_fast import ops
-    from lavise_fast.layers import LayerFeatures, resolve_layer
 
     name = resolve_layer(model, layer)[0]
     meta_path = key = None
@@ -179,7 +179,7 @@ def pool_reference(
         cached = _read_pooled(cache, meta_path, key)
         if cached is not None:
             return cached[0], cached[1], name
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_reference)
     vectors, labels = [], []
@@ -309,7 +309,7 @@ def train_explainer(
     perm = torch.randperm(len(keep), generator=generator)
     n_val = len(keep) // 10 if len(keep) >= 20 else 0
     val, train = perm[:n_val], perm[n_val:]
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = model_device(model, device)
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.to(dev)
     y = torch.tensor([index[labels[i]] for i in keep.tolist()], dtype=torch.long, device=dev)
@@ -387,7 +387,6 @@ def default_explainer(
     found on the first image batch of ``loader`` (a reference image when there is no loader).
     """
     from lavise_fast.data.world import ConceptWorld
-    from lavise_fast.layers import default_layer, resolve_layer
     from lavise_fast.semantics import default_space
 
     world = ConceptWorld(size=world_size, image_size=224, seed=0)
@@ -398,7 +397,7 @@ def default_explainer(
 
             sample = _images(next(iter(loader)))[:1]
         sample = world[0][0][None] if sample is None else sample
-        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        dev = model_device(model, device)
         layer = default_layer(model, sample.to(dev))
     name = resolve_layer(model, layer)[0]
     space = default_space()

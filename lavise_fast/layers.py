@@ -137,3 +137,18 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
     # The last 4-D output to run; among modules finishing together (a block and its last
     # child), the outermost, which was registered first and finished last.
     return order[-1]
+
+
+def model_device(model: nn.Module, device: torch.device | str | None = None) -> torch.device:
+    """The device to run ``model`` on: ``device`` when given (the model must already be there),
+    else the device of its first parameter or buffer (the CPU for a model with neither)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers())][:1]
+    found = tensors[0].device if tensors else torch.device("cpu")
+    if device is None:
+        return found
+    device = torch.device(device)
+    if tensors and found.type != device.type:
+        raise ValueError(f"device={str(device)!r} but the model is on {str(found)!r}: move it first "
+                         f"(model.to({str(device)!r}))")
+    return device
+

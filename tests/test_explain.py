@@ -233,3 +233,12 @@ def test_the_two_argument_call_trains_a_default_explainer_once_and_caches_it(mon
     with pytest.raises(ValueError, match="space 'glove', the explainer was trained in 'all-MiniLM-L6-v2'"):
         explain(model, loader, explainer_module.default_explainer(model, loader),
                 vocabulary=Vocabulary(["a", "b"], torch.randn(2, 384), space="glove"), progress=False)
+
+
+def test_a_layer_that_is_not_a_feature_map_and_a_model_on_another_device_are_refused(setting):
+    model, expl, vocab = setting
+    images = [torch.randn(2, 3, 32, 32)]
+    with pytest.raises(ValueError, match=r"layer 'fc' outputs a 2-D tensor"):
+        explain(model, images, layer="fc", progress=False)  # the default explainer's training refuses it
+    with pytest.raises(ValueError, match=r"device='cuda' but the model is on 'cpu'"):
+        explain(model, images, expl, vocabulary=vocab, device="cuda", progress=False)

@@ -84,3 +84,13 @@ def test_a_layer_that_is_not_4d_is_refused(resnet):
 def test_a_model_without_spatial_maps_has_no_default():
     with pytest.raises(ValueError, match="no module"):
         default_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.randn(1, 3, 2, 2))
+
+
+def test_model_device():
+    from lavise_fast.layers import model_device
+
+    assert model_device(torch.nn.Conv2d(3, 4, 1)) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameter, no buffer
+    assert model_device(torch.nn.ReLU(), "cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match="move it first"):
+        model_device(torch.nn.Conv2d(3, 4, 1), "cuda")
