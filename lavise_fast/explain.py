@@ -49,7 +49,10 @@ class ExplainResult:
     """Per explained filter k (in the order of ``filters``): ``words[k]`` sorted by ``scores[k]``
     (the summed max activation of the top images that ranked the word among their
     ``words_per_image`` best), ``top_images[k]`` and ``top_activations[k]`` (descending);
-    ``thresholds`` the per-filter ``quantile`` of all activations; ``settings`` how it was run."""
+    ``thresholds`` the per-filter ``quantile`` of all activations (or the given thresholds);
+    ``settings`` how it was run: layer, method, top_images, words_per_image, num_words, quantile,
+    thresholds_given, images (how many the loader gave), space, vocabulary_size, and the
+    explainer's seen and unseen words (for evaluation)."""
 
     filters: list[int]
     words: list[list[str]]
@@ -349,7 +352,8 @@ def explain(
     settings = {"layer": layer_name, "method": method, "top_images": top_images, "words_per_image": s,
                 "num_words": num_words, "quantile": quantile if thresholds is None else None,
                 "thresholds_given": thresholds is not None, "images": base, "space": explainer.space,
-                "vocabulary_size": len(vocabulary.words)}
+                "vocabulary_size": len(vocabulary.words), "seen": list(explainer.seen),
+                "unseen": list(explainer.unseen)}
     t = t.tolist()
     return ExplainResult(chosen, result_words, result_scores, result_images, result_acts, [t[k] for k in chosen],
                          settings)
