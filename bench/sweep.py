@@ -1,0 +1,329 @@
+"""End-to-end sweep: ``lavise_fast.explain`` against the bare forward pass it rides on.
+
+    PYTHONPATH=. python bench/sweep.py                                  # the issue's sizes
+    PYTHONPATH=. python bench/sweep.py --images 1000                    # the stretch target
+    PYTHONPATH=. python bench/sweep.py --images 32 --image-size 64      # a quick check, seconds
+    PYTHONPATH=. python bench/sweep.py --append-results                 # also append to RESULTS.md
+
+Settings (defaults): torchvision ResNet-18 with seeded random weights (``weights=None``, eval),
+layer ``layer4`` (512 filters), 512 random images (seeded) at 224 px in batches of 64, method
+``projection``, P = 25 top images and s = 5 words per image, a vocabulary of 1,202 random unit
+vectors of dimension 384, and an untrained ``Explainer(512, 384, layer="layer4")`` in eval mode
+(timing does not depend on the weights).
+
+Time: in one run, interleaved (bare, explain, bare, explain, ...), ``--repeats`` times each after
+a one-batch warm-up of both: (a) the bare forward pass to the layer (``LayerFeatures``, stopped
+right after it: the floor any sweep pays) and (b) ``explain(model, loader, explainer,
+vocabulary=..., progress=False)``, over the same loader: a list of image batches made in advance
+on the device, so that data loading is excluded from both. Reported: medians (and min, max), the
+ratio of the medians and the ratio of the minima. Target: explain / bare <= 1.10 (stretch: <= 1.05
+at 1,000 images).
+
+Memory: the peak of one ``explain`` over N and over 4N images, each size in a fresh subprocess
+(this script with ``--memory-probe``), whose loader makes the seeded batches as they are asked for
+so that the images themselves are never all in memory and only explain's own state can grow with
+N. The probe warms up on one batch, returns freed heap to the system, resets the kernel's
+high-water mark and reports ``VmHWM`` minus the ``VmRSS`` before the call, with glibc's mmap
+threshold fixed (``e2e_common.subprocess_env``) so that freed tensors leave the resident set (CUDA:
+``max_memory_allocated`` above the start); then the same for the bare pass, for reference.
+Target: the peak grows by at most 10 % from N to 4N images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import e2e_common as common
+import torch
+
+import lavise_fast
+from lavise_fast.layers import LayerFeatures
+
+TARGET_RATIO = 1.10
+STRETCH_RATIO, STRETCH_IMAGES = 1.05, 1000
+TARGET_MEMORY_GROWTH = 0.10  # from N to 4N images
+MEMORY_FACTOR = 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Times lavise_fast.explain against the bare forward pass to the layer (interleaved, one run) "
+        "and measures explain's peak memory at N and 4N images; prints one markdown table.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--images", type=int, default=512, help="N, the number of random target images [%(default)s]")
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="side of the square images, in pixels [%(default)s]",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (both passes) [%(default)s]")
+    parser.add_argument(
+        "--layer", default="layer4", help="the ResNet-18 layer whose filters are explained [%(default)s]",
+    )
+    parser.add_argument("--top-images", type=int, default=25, help="P, top images per filter [%(default)s]")
+    parser.add_argument("--words-per-image", type=int, default=5, help="s, words voted per top image [%(default)s]")
+    parser.add_argument("--vocabulary", type=int, default=1202, help="words in the random vocabulary [%(default)s]")
+    parser.add_argument("--dim", type=int, default=384, help="dimension of the random word space [%(default)s]")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each pass (interleaved) [%(default)s]")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the model, the images and the vocabulary [%(default)s]",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--memory-factor", type=int, default=MEMORY_FACTOR,
+        help="the memory is compared at N and this many times N [%(default)s]"
+    )
+    parser.add_argument(
+        "--append-results", nargs="?", const=str(common.RESULTS), default=None, metavar="PATH",
+        help="append the table under a heading to PATH (default when given without PATH: bench/RESULTS.md)",
+    )
+    parser.add_argument(
+        "--memory-probe", type=int, default=None, metavar="IMAGES",
+        help="internal: measure the peak memory of explain (then of the bare pass) over IMAGES generated images "
+        "in this process and print JSON; the script runs itself this way in a fresh subprocess per size",
+    )
+    return parser
+
+
+@dataclass
+class Setup:
+    model: torch.nn.Module
+    explainer: lavise_fast.Explainer
+    vocabulary: lavise_fast.Vocabulary
+    channels: int
+    grid: tuple[int, int]
+
+
+def build(args: argparse.Namespace, device: torch.device) -> Setup:
+    """The seeded model, the vocabulary and an untrained explainer sized for the layer."""
+    model = common.resnet18(args.seed, device)
+    probe = common.image_batch(0, 1, args.image_size, args.seed).to(device)
+    with torch.no_grad():
+        features = lavise_fast.layers.layer_features(model, args.layer, probe)
+    channels, grid = features.shape[1], tuple(features.shape[2:])
+    vocabulary = common.random_vocabulary(args.vocabulary, args.dim, args.seed)
+    torch.manual_seed(args.seed)
+    explainer = lavise_fast.Explainer(channels, args.dim, layer=args.layer).eval()
+    return Setup(model, explainer, vocabulary, channels, grid)
+
+
+@torch.no_grad()
+def bare_pass(model: torch.nn.Module, loader, layer: str) -> int:
+    """The forward pass of every batch to ``layer``, stopped right after it; returns the images seen."""
+    seen = 0
+    with LayerFeatures(model, [layer]) as tap:
+        for images in loader:
+            tap(images)
+            seen += images.shape[0]
+    return seen
+
+
+def explain_pass(setup: Setup, loader, args: argparse.Namespace) -> lavise_fast.ExplainResult:
+    return lavise_fast.explain(
+        setup.model,
+        loader,
+        setup.explainer,
+        top_images=args.top_images,
+        words_per_image=args.words_per_image,
+        vocabulary=setup.vocabulary,
+        progress=False,
+    )
+
+
+@dataclass
+class Timings:
+    bare: list[float] = field(default_factory=list)
+    explain: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return common.median(self.explain) / common.median(self.bare)
+
+    @property
+    def min_ratio(self) -> float:
+        return min(self.explain) / min(self.bare)
+
+
+def time_interleaved(setup: Setup, batches: list[torch.Tensor], args: argparse.Namespace,
+                     device: torch.device) -> Timings:
+    """Warm-up on one batch each, then bare and explain alternately, ``args.repeats`` times each."""
+    bare_pass(setup.model, batches[:1], args.layer)
+    explain_pass(setup, batches[:1], args)
+    timings = Timings()
+    images = sum(b.shape[0] for b in batches)
+    for _ in range(args.repeats):
+        seconds, seen = common.timed(lambda: bare_pass(setup.model, batches, args.layer), device)
+        timings.bare.append(seconds)
+        seconds, result = common.timed(lambda: explain_pass(setup, batches, args), device)
+        timings.explain.append(seconds)
+        if seen != images:
+            raise RuntimeError(f"the bare pass saw {seen} images, not {images}")
+        check_result(result, setup, images, args)
+    return timings
+
+
+def check_result(result: lavise_fast.ExplainResult, setup: Setup, images: int, args: argparse.Namespace) -> None:
+    """Refuses a sweep that did not explain every filter over every image (a broken benchmark)."""
+    if result.settings.get("images") != images or len(result.words) != setup.channels:
+        raise RuntimeError(f"explain saw {result.settings.get('images')} images and explained "
+                           f"{len(result.words)} filters; expected {images} and {setup.channels}")
+    expected_top = min(args.top_images, images)
+    if any(len(top) != expected_top for top in result.top_images):
+        raise RuntimeError(f"explain returned filters without their {expected_top} top images")
+    # A dead filter (never above 0) gets no words; a random network has a few.
+    if sum(bool(words) for words in result.words) < setup.channels // 2:
+        raise RuntimeError("explain found words for fewer than half of the filters")
+
+
+# --- peak memory ------------------------------------------------------------------------------
+
+
+def probe_memory(args: argparse.Namespace, device: torch.device) -> dict:
+    """In this process: the peak memory of explain, then of the bare pass, over ``args.memory_probe``
+    images made batch by batch as the loader is read."""
+    setup = build(args, device)
+    images = args.memory_probe
+
+    def loader():
+        return common.generate_batches(images, args.batch_size, args.image_size, args.seed, device)
+
+    warm = common.premade_batches(args.batch_size, args.batch_size, args.image_size, args.seed + 1, device)
+    bare_pass(setup.model, warm, args.layer)
+    explain_pass(setup, warm, args)
+    del warm
+    with common.PeakMemoryProbe(device) as explain_peak:
+        result = explain_pass(setup, loader(), args)
+    check_result(result, setup, images, args)
+    del result
+    with common.PeakMemoryProbe(device) as bare_peak:
+        bare_pass(setup.model, loader(), args.layer)
+    return {"images": images, "explain": explain_peak.bytes, "bare": bare_peak.bytes, "method": explain_peak.method}
+
+
+def memory_subprocess(args: argparse.Namespace, images: int, device: torch.device, timeout_s: float = 1800) -> dict:
+    """Runs :func:`probe_memory` for ``images`` in a fresh process with the same settings."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(images)]
+    for name in ("image_size", "batch_size", "layer", "top_images", "words_per_image", "vocabulary", "dim", "seed",
+                 "threads"):
+        value = getattr(args, name)
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    cmd += ["--device", device.type]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=common.subprocess_env(), timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"images": images, "error": f"timed out after {timeout_s:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+        reason = "killed (out of memory?)" if proc.returncode < 0 else f"exit {proc.returncode}"
+        return {"images": images, "error": f"{reason}: {tail}"}
+    return json.loads(lines[-1])
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> str:
+    return f"{common.fmt_s(common.median(values))} (min {common.fmt_s(min(values))}, max {common.fmt_s(max(values))})"
+
+
+def report(args: argparse.Namespace, device: torch.device, setup: Setup, timings: Timings,
+           memories: list[dict] | None) -> tuple[list[str], list[str]]:
+    """(table lines, notes) of the run."""
+    N = args.images
+    rows = common.machine_rows(device)
+    rows += [
+        ("model", f"torchvision ResNet-18, random seeded weights (weights=None), eval; layer {args.layer} "
+                  f"({setup.channels} filters, {setup.grid[0]}x{setup.grid[1]} grid)", "", ""),
+        ("images", f"{N} random images (seed {args.seed}) at {args.image_size} px, batch size {args.batch_size}; "
+                   "loader = a list of batches made in advance on the device (data loading excluded from both)",
+         "", ""),
+        ("explain settings", f"method projection, P = {args.top_images}, s = {args.words_per_image}, vocabulary of "
+                             f"{len(setup.vocabulary)} random unit vectors (dim {args.dim}), untrained Explainer"
+                             f"({setup.channels}, {args.dim}) in eval mode", "", ""),
+        ("timing", f"{args.repeats} interleaved runs each (bare, explain, ...) after a one-batch warm-up; "
+                   "time.perf_counter around the whole pass", "", ""),
+        ("bare forward to the layer (median)", _spread(timings.bare) +
+         f"; {N / common.median(timings.bare):.1f} images/s", "", ""),
+        ("explain (median)", _spread(timings.explain) + f"; {N / common.median(timings.explain):.1f} images/s", "",
+         ""),
+    ]
+    ratio, min_ratio = timings.ratio, timings.min_ratio
+    rows.append(("explain / bare, ratio of medians", f"{ratio:.3f}", f"<= {TARGET_RATIO:.2f}",
+                 "met" if ratio <= TARGET_RATIO else f"**missed** ({ratio:.3f} > {TARGET_RATIO:.2f})"))
+    rows.append(("explain / bare, ratio of minima", f"{min_ratio:.3f}", "", ""))
+    if N >= STRETCH_IMAGES:
+        stretch = "met" if ratio <= STRETCH_RATIO else f"missed ({ratio:.3f} > {STRETCH_RATIO:.2f})"
+    else:
+        stretch = f"not measured (needs --images {STRETCH_IMAGES})"
+    rows.append(("stretch", f"{ratio:.3f} at {N} images", f"<= {STRETCH_RATIO:.2f} at {STRETCH_IMAGES} images",
+                 stretch))
+    notes = [f"- command: `{common.command_line()}`"]
+    if memories is not None:
+        small, large = memories
+        for m in memories:
+            if "error" in m:
+                rows.append((f"peak memory, {m['images']} images", m["error"], "", "not measured"))
+            else:
+                rows.append((f"peak memory, {m['images']} images", f"explain {common.fmt_mib(m['explain'])}, bare "
+                             f"pass {common.fmt_mib(m['bare'])}: explain's own state "
+                             f"{common.fmt_mib(m['explain'] - m['bare'])}", "", ""))
+        if "error" in small or "error" in large or not small["explain"]:
+            rows.append(("peak memory growth", "-", f"<= {TARGET_MEMORY_GROWTH:.0%}", "not measured"))
+        else:
+            growth = large["explain"] / small["explain"] - 1
+            rows.append((f"peak memory growth of explain, {small['images']} -> {large['images']} images",
+                         f"{growth:+.1%}", f"<= {TARGET_MEMORY_GROWTH:.0%}",
+                         "met" if growth <= TARGET_MEMORY_GROWTH else f"**missed** ({growth:+.1%})"))
+            notes.append(f"- memory: {small['method']}; one fresh subprocess per size whose loader makes the seeded "
+                         "batches as they are read (the images are never all in memory); each probe warms up on "
+                         "one batch first. The bare pass's peak (activations of one batch, the batch being read and "
+                         "the one before it) is the floor both sizes share; explain's own state is the difference. "
+                         "Compare sizes of several batches each: over a single batch no previous batch is held.")
+    return common.markdown_table(rows), notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("images", "image_size", "batch_size", "top_images", "words_per_image", "vocabulary", "dim",
+                 "repeats", "memory_factor"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = common.resolve_device(args.device)
+    if args.memory_probe is not None:
+        print(json.dumps(probe_memory(args, device)))
+        return 0
+
+    setup = build(args, device)
+    batches = common.premade_batches(args.images, args.batch_size, args.image_size, args.seed, device)
+    timings = time_interleaved(setup, batches, args, device)
+    del batches
+    memories = None
+    if not args.no_memory:
+        memories = [memory_subprocess(args, n, device) for n in (args.images, args.memory_factor * args.images)]
+    table, notes = report(args, device, setup, timings, memories)
+    heading = (f"End-to-end sweep: explain vs the bare forward pass, ResNet-18 {args.layer}, {args.images} images "
+               f"at {args.image_size} px ({device.type}), {common.today()}")
+    print(f"## {heading}\n")
+    print("\n".join(table))
+    print()
+    print("\n".join(notes))
+    if args.append_results:
+        common.append_results(heading, [*table, "", *notes], Path(args.append_results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
