@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 TORCH_CMAKE = $(shell $(PY) -c "import torch.utils; print(torch.utils.cmake_prefix_path)")
 NVIDIA_DIR = $(shell $(PY) -c "import pathlib, nvidia; print(pathlib.Path(list(nvidia.__path__)[0]))")
 
-.PHONY: demo test build lint pytest ctest bench-check bench clean
+.PHONY: demo test build lint pytest ctest bench-check bench clean browser
 
 demo: build
 	$(VENV)/bin/lavise-fast demo
@@ -37,8 +37,15 @@ build: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-pytest: build
+pytest: build browser
 	$(PY) -m pytest tests -q
+
+# Debian's Chromium and ChromeDriver for the report test (Selenium drives /usr/bin/chromium; nothing
+# downloads a browser of its own).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; fi
 
 ctest: $(VENV)/.installed
 	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \

@@ -74,6 +74,13 @@ class ExplainResult:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def report(self, path: str | os.PathLike, **kwargs) -> Path:
+        """Writes the self-contained HTML report (words, top images with heatmaps, summary plots) to ``path``;
+        the keywords (images=, model=, evaluation=, ...) are those of :func:`lavise_fast.report.write_report`."""
+        from lavise_fast.report import write_report
+
+        return write_report(self, path, **kwargs)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExplainResult:
         path = Path(path)
