@@ -2,6 +2,7 @@
 one streaming pass per layer, on CPU or GPU."""
 
 from lavise_fast import data, layers, ops, semantics, stats, vocabularies
+from lavise_fast.evaluate import compare, compare_plot, evaluate
 from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import Explainer, csmr_loss, train_explainer
 from lavise_fast.semantics import Vocabulary
@@ -23,5 +24,8 @@ __all__ = [
     "Vocabulary",
     "explain",
     "ExplainResult",
+    "evaluate",
+    "compare",
+    "compare_plot",
     "__version__",
 ]
