@@ -5,6 +5,7 @@ from lavise_fast import data, layers, ops, semantics, stats, vocabularies
 from lavise_fast.evaluate import compare, compare_plot, evaluate
 from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import Explainer, csmr_loss, train_explainer
+from lavise_fast.onnx import OnnxHead, export_onnx
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
@@ -27,5 +28,7 @@ __all__ = [
     "evaluate",
     "compare",
     "compare_plot",
+    "export_onnx",
+    "OnnxHead",
     "__version__",
 ]

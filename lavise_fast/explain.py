@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ from lavise_fast.explainer import Explainer
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.stats import ChannelQuantiles, TopImages
+
+if TYPE_CHECKING:
+    from lavise_fast.onnx import OnnxHead
 
 __all__ = ["explain", "ExplainResult", "METHODS"]
 
@@ -153,14 +157,19 @@ class _Votes:
         self.stash_rows = int(alive.sum())
 
     def score(self) -> None:
-        """Scores the stash: head, then the s best words by cosine similarity."""
+        """Scores the stash: head, then the s best words by cosine similarity (or both at once in a
+        vocabulary-fused ONNX head, whose similarities are non-finite where the embedding is)."""
         if not self.stash_parts:
             return
         filt, images, weights, z = self._stash()
         self.stash_parts, self.stash_rows = [], 0
-        embedded = self.head(z)
-        finite = torch.isfinite(embedded).all(1)
-        _, best = ops.cosine_topk(torch.where(finite[:, None], embedded, 0.0), self.words, self.s)
+        if getattr(self.head, "fused", False):
+            scores, best = self.head(z)
+            finite, best = torch.isfinite(scores).all(1), best[:, : self.s]
+        else:
+            embedded = self.head(z)
+            finite = torch.isfinite(embedded).all(1)
+            _, best = ops.cosine_topk(torch.where(finite[:, None], embedded, 0.0), self.words, self.s)
         finite, best = finite.tolist(), best.cpu()
         self.non_finite += finite.count(False)
         for k, image, weight, w_idx, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), best, finite,
@@ -254,6 +263,7 @@ def explain(
     quantile: float = 0.995,
     thresholds: Sequence[float] | torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    head: str | OnnxHead = "torch",
     progress: bool = True,
 ) -> ExplainResult:
     """Describes the filters of a layer of ``model`` in words, over the images of ``loader``.
@@ -277,6 +287,13 @@ def explain(
         quantile: the per-filter threshold quantile over all positions of all images (0.995, the
             top 0.5 % of Network Dissection). thresholds: per-filter thresholds [C] to use
             instead (e.g. ``result.thresholds`` of an earlier run over all filters).
+        head: what scores the pooled vectors: ``"torch"`` (default: the explainer, then
+            ``ops.cosine_topk``), ``"onnx"`` (the explainer fused with the vocabulary is exported
+            with :func:`lavise_fast.export_onnx` to a temporary file and run in onnxruntime), or a
+            vocabulary-fused :class:`lavise_fast.OnnxHead` (its layer, channels, dimension and words must be
+            the explainer's and the vocabulary's, and its ``top_k`` at least ``words_per_image``; that
+            its weights are the explainer's is up to the caller). The words equal the torch head's up to
+            float32 rounding (similarities within about 1e-7 may swap).
 
     The vote weights each top image by its maximum activation of the filter, a real number; the
     official code repeats a word ``int(max)`` times instead, which drops images whose maximum
@@ -285,6 +302,8 @@ def explain(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(head, str) and head not in ("torch", "onnx"):
+        raise ValueError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
     _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words)
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
@@ -298,7 +317,10 @@ def explain(
     explainer.check_compatible(layer_name, explainer.channels)
     vocabulary = _vocabulary_for(explainer, vocabulary)
     s = min(words_per_image, len(vocabulary.words))
-    head = explainer.to(device).eval()
+    if isinstance(head, str) and head == "torch":
+        head = explainer.to(device).eval()
+    else:
+        head = _head_for(head, explainer, vocabulary, s)
     words = vocabulary.vectors.to(device)
     given = None if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32).flatten().to(device)
     in_pass = method in ("projection", "original") or (method == "activation" and given is not None)
@@ -396,6 +418,31 @@ def _vocabulary_for(explainer: Explainer, vocabulary: Vocabulary | None) -> Voca
         raise ValueError(f"the vocabulary is in the word space {space!r}, the explainer was trained in "
                          f"{explainer.space!r}")
     return vocabulary
+
+
+def _head_for(head: str | OnnxHead, explainer: Explainer, vocabulary: Vocabulary, s: int) -> OnnxHead:
+    """explain's ``head="onnx"`` (an export to a temporary file) or a given OnnxHead, checked against the
+    explainer and the vocabulary."""
+    from lavise_fast.onnx import OnnxHead, export_onnx
+
+    if head == "onnx":
+        with tempfile.TemporaryDirectory(prefix="lavise_fast_onnx_") as tmp:
+            return OnnxHead(export_onnx(explainer, Path(tmp) / "head.onnx", vocabulary=vocabulary, top_k=s))
+    if not isinstance(head, OnnxHead):
+        raise TypeError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {type(head).__name__}")
+    if not head.fused:
+        raise ValueError(f"the ONNX head {head.path} has no vocabulary: export it with "
+                         "export_onnx(..., vocabulary=...) to use it in explain")
+    explainer.check_compatible(head.layer or explainer.layer, head.channels, head.space or None)
+    if head.dim != explainer.dim:
+        raise ValueError(f"the ONNX head {head.path} embeds into {head.dim} dimensions, the explainer into "
+                         f"{explainer.dim}")
+    if head.words != vocabulary.words:
+        raise ValueError(f"the ONNX head {head.path} was exported with another vocabulary ({len(head.words)} words) "
+                         f"than explain's ({len(vocabulary.words)}): pass the same vocabulary=")
+    if head.top_k < s:
+        raise ValueError(f"the ONNX head {head.path} gives {head.top_k} words per image, words_per_image asks for {s}")
+    return head
 
 
 def _rerun_top_images(method, loader, tap, layer, tops, chosen, thresholds, votes, batch_size, device,
