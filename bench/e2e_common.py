@@ -3,17 +3,21 @@ reference sets, the sizes of the pytest cases, peak-memory probes and the result
 
 Everything is random and seeded: timing does not depend on trained weights or real images,
 so no weights or data set is downloaded. ``sweep.py`` (``explain`` against the bare forward
-pass) and ``train.py`` (``train_explainer`` against the official training scheme) are the
-scripts; ``bench_e2e.py`` runs the same code as pytest-benchmark cases.
+pass and the official inference), ``train.py`` (``train_explainer`` against the official
+training scheme), ``thresholds.py`` (the quantile sketch against storing every activation) and
+``vocabulary.py`` (``cosine_topk`` against a full sort) are the scripts; ``bench_e2e.py`` runs
+the same code as pytest-benchmark cases.
 """
 
 from __future__ import annotations
 
 import datetime
 import gc
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +37,17 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as text ("-" where the system has none)."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "-"
+
+
+START_LOAD = load_average()  # when the script started (this module is imported first), for the table
+
+
 # --- sizes of the pytest-benchmark cases (``--bench-scale``, see conftest.py) -----------------
 
 
@@ -48,6 +63,13 @@ class E2EScale:
     masks_per_image: int  # ... with this many objects each
     baseline_pairs: int  # train: (image, object) pairs the official scheme is timed on
     words: int = 50  # train: label words
+    baseline_filters: int = 1  # sweep: filters the official inference is timed on (extrapolated)
+    quantile_images: int = 1000  # thresholds: images of random [., 512, 7, 7] feature maps ...
+    quantile_channels: int = 512  # ... with this many channels
+    vocabulary_words: int = 400_000  # vocabulary: random words (keys) ...
+    vocabulary_queries: int = 12_800  # ... queries scored against them ...
+    vocabulary_chunk: int = 256  # ... the full-sort baseline's queries per chunk ...
+    vocabulary_chunks: int = 2  # ... and the chunks it is timed on (extrapolated)
 
 
 E2E_SCALES: dict[str, E2EScale] = {
@@ -56,20 +78,32 @@ E2E_SCALES: dict[str, E2EScale] = {
                      masks_per_image=7, baseline_pairs=300),
     # Same shapes, fewer images: a few seconds a case on a 2-core CPU.
     "quick": E2EScale(images=128, image_size=224, batch_size=64, vocabulary=1202, train_images=128,
-                      masks_per_image=5, baseline_pairs=40),
+                      masks_per_image=5, baseline_pairs=40, quantile_images=256, vocabulary_queries=1280,
+                      vocabulary_chunks=1),
     # CI (each body once): tiny images, so that the whole path runs in about a second.
     "smoke": E2EScale(images=8, image_size=64, batch_size=4, vocabulary=64, train_images=8,
-                      masks_per_image=2, baseline_pairs=4, words=6),
+                      masks_per_image=2, baseline_pairs=4, words=6, quantile_images=16, quantile_channels=8,
+                      vocabulary_words=2000, vocabulary_queries=64, vocabulary_chunk=16),
 }
 
 
 # --- model, images, word spaces, reference set ----------------------------------------------
 
 
+MODELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}  # torchvision name -> display name
+
+
+def cnn(name: str = "resnet18", seed: int = 0, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """torchvision's ``name`` (one of :data:`MODELS`) with seeded random weights (``weights=None``), in eval mode."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    torch.manual_seed(seed)
+    return getattr(torchvision.models, name)(weights=None).eval().to(device)
+
+
 def resnet18(seed: int = 0, device: torch.device | str = "cpu") -> torch.nn.Module:
     """torchvision's ResNet-18 with seeded random weights (``weights=None``), in eval mode."""
-    torch.manual_seed(seed)
-    return torchvision.models.resnet18(weights=None).eval().to(device)
+    return cnn("resnet18", seed, device)
 
 
 def image_batch(index: int, batch_size: int, image_size: int, seed: int = 0) -> torch.Tensor:
@@ -270,6 +304,41 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def json_subprocess(cmd: list[str], timeout_s: float) -> dict:
+    """Runs ``cmd`` (a probe: this interpreter on a bench script) in a fresh process with
+    :func:`subprocess_env` and returns the JSON of the last line it printed, or ``{"error": why}``."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+        reason = "killed (out of memory?)" if proc.returncode < 0 else f"exit {proc.returncode}"
+        return {"error": f"{reason}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def contention_note(what: str) -> str | None:
+    """A caution for the notes when several torch threads ran on a CPU whose load exceeds its cores
+    (``what`` names the timings that suffer most); None otherwise."""
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    if threads <= 1 or load <= cores:
+        return None
+    return (f"- **caution**: {threads} torch threads on {cores} cores with a load average of {load:.2f} at the end: "
+            "the OpenMP threads of every parallel region wait for each other while other processes hold the cores, "
+            "which costs about a scheduler slice per region (seen on this machine under load: 0.80 s per 112 px "
+            f"ResNet-18 pass of one image at 2 threads against 0.021 s at 1 thread); {what} suffer most, so those "
+            "numbers are inflated: run on a quiet machine or with --threads 1.")
+
+
+
+
 # --- reporting ------------------------------------------------------------------------------
 
 
@@ -290,10 +359,8 @@ def machine_rows(device: torch.device) -> list[tuple[str, str, str, str]]:
     from lavise_fast import ops
 
     cpu = f"{cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
-    try:
-        cpu += ", load average at start " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        pass
+    if START_LOAD != "-":
+        cpu += f", load average at start {START_LOAD}"
     rows = [
         ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "", ""),
         ("CPU", cpu, "", ""),
