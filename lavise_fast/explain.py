@@ -127,6 +127,7 @@ class _Votes:
         self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
         self.head, self.words, self.s = head, words, s
         self.budget_rows = max(1, budget_bytes // (4 * channels))
+        self.chunk_rows = max(1, self.budget_rows // 4)  # pairs pooled at once
         self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.stash_rows = 0
         self.non_finite = 0
@@ -352,13 +353,14 @@ def explain(
             if in_pass:
                 entered = (tops.indices >= base) & (tops.indices < base + images.shape[0]) & wanted[:, None]
                 filt, slot = entered.nonzero(as_tuple=True)
-                if len(filt):
-                    rows = tops.indices[filt, slot] - base
+                for f, sl in zip(filt.split(votes.chunk_rows), slot.split(votes.chunk_rows), strict=True):
+                    rows = tops.indices[f, sl] - base  # pooled in chunks: memory stays within the budget
                     if method == "original":
-                        z = features.float().mean((2, 3))[rows]
+                        z = features[rows].float().mean((2, 3))
                     else:
-                        z = ops.attention_pool(features, rows, filt, mode=method, thresholds=given)
-                    votes.add(filt, rows + base, tops.values[filt, slot], z, tops)
+                        z = ops.attention_pool(features, rows, f, mode=method, thresholds=given)
+                    votes.add(f, rows + base, tops.values[f, sl], z, tops)
+                if len(filt):
                     votes.forget(tops, filt.unique().tolist())
             base += images.shape[0]
         if tops is None:
@@ -463,10 +465,10 @@ def _rerun_top_images(method, loader, tap, layer, tops, chosen, thresholds, vote
         features = tap(images)[layer]
         pair = torch.isin(image_of, positions).nonzero().flatten()
         rows = torch.searchsorted(positions, image_of[pair])
-        step = batch_size if method == "image" else max(1, len(pair))
+        step = batch_size if method == "image" else votes.chunk_rows
         for start in range(0, len(pair), step):
-            part = pair[start : start + batch_size] if method == "image" else pair
-            r = rows[start : start + len(part)]
+            part = pair[start : start + step]
+            r = rows[start : start + step]
             if method == "image":
                 z = _masked_image_features(tap, layer, images, features, r, filt[part], thresholds)
             else:
