@@ -408,3 +408,14 @@ def append_results(heading: str, lines: list[str], path: Path = RESULTS) -> None
 
 def today() -> str:
     return datetime.date.today().isoformat()
+
+
+def publish(heading: str, table: list[str], notes: list[str], append_to: str | None) -> None:
+    """Prints the table under its heading, with its notes; appends all three to ``append_to`` when given."""
+    print(f"## {heading}\n")
+    print("\n".join(table))
+    print()
+    print("\n".join(notes))
+    if append_to:
+        append_results(heading, [*table, "", *notes], Path(append_to))
+

@@ -445,12 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     versus = " and the official inference" if timings.baseline else ""
     heading = (f"End-to-end sweep: explain vs the bare forward pass{versus}, {model_label(setup)} {args.layer}, "
                f"{args.images} images at {args.image_size} px ({device.type}), {common.today()}")
-    print(f"## {heading}\n")
-    print("\n".join(table))
-    print()
-    print("\n".join(notes))
-    if args.append_results:
-        common.append_results(heading, [*table, "", *notes], Path(args.append_results))
+    common.publish(heading, table, notes, args.append_results)
     return 0
 
 

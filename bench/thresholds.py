@@ -315,12 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     what = "random feature maps" if args.features_only else f"ResNet-18 {args.layer}"
     heading = (f"Thresholds: quantile sketch vs storing every activation, {what} [{shape[1]}, {shape[2]}, "
                f"{shape[3]}] x {args.images} images ({device.type}), {common.today()}")
-    print(f"## {heading}\n")
-    print("\n".join(table))
-    print()
-    print("\n".join(notes))
-    if args.append_results:
-        common.append_results(heading, [*table, "", *notes], Path(args.append_results))
+    common.publish(heading, table, notes, args.append_results)
     return 0
 
 

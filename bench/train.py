@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import e2e_common as common
 import torch
@@ -163,12 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     heading = (f"End-to-end training: train_explainer vs the official scheme, ResNet-18 {args.layer}, {pairs} pairs at "
                f"{args.image_size} px ({device.type}), {common.today()}")
-    print(f"## {heading}\n")
-    print("\n".join(table))
-    print()
-    print("\n".join(notes))
-    if args.append_results:
-        common.append_results(heading, [*table, "", *notes], Path(args.append_results))
+    common.publish(heading, table, notes, args.append_results)
     return 0
 
 

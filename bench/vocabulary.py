@@ -275,12 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ks = ", ".join(str(k) for k in args.k)
     heading = (f"Vocabulary scoring: cosine_topk vs a full sort, {args.words} words x {args.dim} dims, "
                f"{args.queries} queries, k = {ks} ({device.type}), {common.today()}")
-    print(f"## {heading}\n")
-    print("\n".join(table))
-    print()
-    print("\n".join(notes))
-    if args.append_results:
-        common.append_results(heading, [*table, "", *notes], Path(args.append_results))
+    common.publish(heading, table, notes, args.append_results)
     return 0
 
 
