@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lavise_fast.demo import _share
+from lavise_fast.demo import ImagesOf, _share
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
@@ -193,19 +193,6 @@ class ImageFolderImages(torch.utils.data.Dataset):
         from lavise_fast.data._common import open_rgb
 
         return self.transform(open_rgb(self.folder / self.files[index]))
-
-
-class _Images(torch.utils.data.Dataset):
-    """The images of a dataset of reference items."""
-
-    def __init__(self, items) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.items[index][0]
 
 
 def _world(spec: dict):
@@ -494,7 +481,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                            + ("" if args.glove else ": give --glove PATH"))
     vocabulary = _vocabulary(args.vocabulary, explainer, space)
     target = open_set(spec, masks=False)
-    images = target if spec["kind"] == "images" else _Images(target)
+    images = target if spec["kind"] == "images" else ImagesOf(target)
     model = load_model(args.model, args.weights, device)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers)

@@ -294,15 +294,10 @@ def _model_key(settings: DemoSettings) -> str:
 
 
 def _atomic_save(payload, path: Path) -> None:
+    from lavise_fast.explainer import atomic_torch_save
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
 
 
 def demo_model(
@@ -337,8 +332,8 @@ def demo_model(
 # ---------------------------------------------------------------------------------------------- the demo
 
 
-class _Images(torch.utils.data.Dataset):
-    """The images of a dataset of reference items (the explain loader's view of the target part)."""
+class ImagesOf(torch.utils.data.Dataset):
+    """The images of a dataset of reference items (the explain loader's view of the target part; the CLI's too)."""
 
     def __init__(self, items) -> None:
         self.items = items
@@ -348,7 +343,6 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.items[index][0]
-
 
 def _defaults_for(model: str) -> DemoSettings:
     if model == "efficientnet-lite0":
@@ -431,7 +425,7 @@ def run_demo(
                                 progress=progress)
     lap("explainer")
 
-    loader = torch.utils.data.DataLoader(_Images(target), batch_size=64, shuffle=False)
+    loader = torch.utils.data.DataLoader(ImagesOf(target), batch_size=64, shuffle=False)
     result = explain(network, loader, explainer, vocabulary=vocabulary, top_images=settings.top_images,
                      words_per_image=settings.words_per_image, num_words=settings.num_words, device=device,
                      progress=progress)

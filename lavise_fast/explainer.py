@@ -26,6 +26,20 @@ __all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "defau
 _FORMAT = "lavise_fast.explainer/1"
 
 
+def atomic_torch_save(payload: object, path: str | os.PathLike) -> None:
+    """``torch.save(payload, path)`` through a temporary file in the same folder and a rename, so that
+    ``path`` is never left half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def csmr_loss(
     embeddings: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, margin: float = 1.0
 ) -> torch.Tensor:
@@ -116,14 +130,7 @@ class Explainer(nn.Module):
             },
             "state_dict": self.state_dict(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Explainer:
