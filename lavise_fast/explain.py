@@ -25,7 +25,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,11 +34,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lavise_fast import distributed as distributed_sweep
 from lavise_fast import ops
+from lavise_fast.checkpoint import SweepCheckpoint, digest
 from lavise_fast.explainer import Explainer
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
+from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
 from lavise_fast.semantics import Vocabulary
-from lavise_fast.stats import ChannelQuantiles, TopImages
+from lavise_fast.sweep_state import LayerSweep
 
 if TYPE_CHECKING:
     from lavise_fast.onnx import OnnxHead
@@ -95,146 +98,10 @@ class ExplainResult:
             raise ValueError(f"{path} is not an ExplainResult JSON file: {error}") from None
 
 
-def _images(batch) -> torch.Tensor:
-    images = batch[0] if isinstance(batch, (tuple, list)) and len(batch) else batch
-    if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
-        found = repr(images)[:60]
-        if torch.is_tensor(images):
-            found = f"{images.dtype} tensor of shape {tuple(images.shape)}"
-        raise TypeError(f"the loader must yield float image batches [N, 3, H, W] (or tuples starting with one), "
-                        f"got {found}")
-    return images
-
-
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-class _Votes:
-    """The (filter, image) pairs of the top images and what they vote for.
-
-    Pairs entering a filter's top images are stashed with their pooled vector z [C] and weight;
-    stashed pairs that have left the top images are dropped before they are scored, and the
-    stash is scored (head, ``cosine_topk``) only when it outgrows ``budget_bytes`` and at the
-    end, so most pairs that enter and leave again are never scored. Scored pairs keep only
-    their s best word indices: per filter, image -> (indices [s], or None when the embedding
-    was not finite; weight).
-    """
-
-    def __init__(self, channels: int, head, words: torch.Tensor, s: int, budget_bytes: int = 64 << 20) -> None:
-        self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
-        self.head, self.words, self.s = head, words, s
-        self.budget_rows = max(1, budget_bytes // (4 * channels))
-        self.chunk_rows = max(1, self.budget_rows // 4)  # pairs pooled at once
-        self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.stash_rows = 0
-        self.non_finite = 0
-
-    def add(self, filt: torch.Tensor, images: torch.Tensor, weights: torch.Tensor, z: torch.Tensor,
-            tops: TopImages | None = None) -> None:
-        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C]."""
-        self.stash_parts.append((filt, images, weights.float(), z.float()))
-        self.stash_rows += len(filt)
-        if self.stash_rows > self.budget_rows:
-            if tops is not None:
-                self.prune(tops)
-            if self.stash_rows > self.budget_rows:
-                self.score()
-
-    def _stash(self) -> tuple[torch.Tensor, ...]:
-        parts = [torch.cat(column) for column in zip(*self.stash_parts, strict=True)]
-        self.stash_parts = [tuple(parts)] if len(parts[0]) else []
-        return tuple(parts)
-
-    def prune(self, tops: TopImages) -> None:
-        """Drops the stashed pairs that are no longer among their filter's top images."""
-        if not self.stash_parts:
-            return
-        filt, images, weights, z = self._stash()
-        alive = (tops.indices[filt] == images[:, None]).any(1)
-        self.stash_parts = [(filt[alive], images[alive], weights[alive], z[alive])] if alive.any() else []
-        self.stash_rows = int(alive.sum())
-
-    def score(self) -> None:
-        """Scores the stash: head, then the s best words by cosine similarity (or both at once in a
-        vocabulary-fused ONNX head, whose similarities are non-finite where the embedding is)."""
-        if not self.stash_parts:
-            return
-        filt, images, weights, z = self._stash()
-        self.stash_parts, self.stash_rows = [], 0
-        if getattr(self.head, "fused", False):
-            scores, best = self.head(z)
-            finite, best = torch.isfinite(scores).all(1), best[:, : self.s]
-        else:
-            embedded = self.head(z)
-            finite = torch.isfinite(embedded).all(1)
-            _, best = ops.cosine_topk(torch.where(finite[:, None], embedded, 0.0), self.words, self.s)
-        finite, best = finite.tolist(), best.cpu()
-        self.non_finite += finite.count(False)
-        for k, image, weight, w_idx, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), best, finite,
-                                               strict=True):
-            self.pairs[k][image] = (w_idx if ok else None, weight)
-
-    def forget(self, tops: TopImages, filters: list[int]) -> None:
-        """Drops the scored pairs of ``filters`` that are no longer among their top images."""
-        for k in filters:
-            if self.pairs[k]:
-                keep = set(tops.indices[k].tolist())
-                self.pairs[k] = {i: v for i, v in self.pairs[k].items() if i in keep}
-
-    def ranked(self, k: int, images: list[int], num_words: int) -> list[tuple[int, float]]:
-        """The vote of filter k over its top images: (word index, summed weight), best first, ties to
-        the smaller index. Images with a maximum <= 0 or no finite embedding do not vote."""
-        votes: dict[int, float] = {}
-        for image in images:
-            w_idx, weight = self.pairs[k].get(image, (None, 0.0))
-            if w_idx is None or not weight > 0:
-                continue
-            for w in w_idx.tolist():
-                votes[w] = votes.get(w, 0.0) + weight
-        return sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:num_words]
-
-
-def _loader_batch_size(loader, default: int) -> int:
-    size = getattr(loader, "batch_size", None)
-    return int(size) if isinstance(size, int) and size > 0 else default
-
-
-def _images_at(loader, wanted: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields (global indices [n], images [n, 3, H, W]) for the sorted image positions ``wanted``.
-
-    A ``DataLoader`` over a map-style dataset read in order loads only those images; any other
-    loader is iterated again and the wanted images are picked out of its batches.
-    """
-    dataset = getattr(loader, "dataset", None)
-    sampler = getattr(loader, "sampler", None)
-    if isinstance(loader, torch.utils.data.DataLoader) and isinstance(sampler, torch.utils.data.SequentialSampler):
-        subset = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, wanted), batch_size=batch_size, shuffle=False,
-            num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-        )
-        start = 0
-        for batch in subset:
-            images = _images(batch)
-            yield torch.tensor(wanted[start : start + len(images)]), images
-            start += len(images)
-        return
-    want = torch.tensor(wanted)
-    base = found = 0
-    for batch in loader:
-        images = _images(batch)
-        lo, hi = torch.searchsorted(want, torch.tensor([base, base + len(images)])).tolist()
-        if hi > lo:
-            yield want[lo:hi], images[want[lo:hi] - base]
-            found += hi - lo
-        base += len(images)
-        if found == len(wanted):
-            return
-    raise ValueError(f"iterating the loader a second time gave {base} images, not the {wanted[-1] + 1} or more of "
-                     "the first pass: this method re-runs the top images, so the loader must be re-iterable and "
-                     "yield the same images in the same order (or pass thresholds= for method='activation')")
 
 
 def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,
@@ -252,32 +119,40 @@ def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torc
 def explain(
     model: torch.nn.Module,
     loader,
-    explainer: Explainer | None = None,
+    explainer: Explainer | Sequence[Explainer] | Mapping[str, Explainer] | None = None,
     *,
-    layer: str | torch.nn.Module | None = None,
-    filters: Sequence[int] | None = None,
+    layer: str | torch.nn.Module | Sequence[str | torch.nn.Module] | None = None,
+    filters: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     method: str = "projection",
     top_images: int = 25,
     words_per_image: int = 5,
     num_words: int = 10,
     vocabulary: Vocabulary | None = None,
     quantile: float = 0.995,
-    thresholds: Sequence[float] | torch.Tensor | None = None,
+    thresholds: Sequence[float] | torch.Tensor | Mapping[str, Sequence[float] | torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     head: str | OnnxHead = "torch",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    distributed: bool = False,
     progress: bool = True,
-) -> ExplainResult:
-    """Describes the filters of a layer of ``model`` in words, over the images of ``loader``.
+) -> ExplainResult | dict[str, ExplainResult]:
+    """Describes the filters of a layer (or of several layers at once) of ``model`` in words, over
+    the images of ``loader``.
 
     Args:
         model: the frozen CNN (put in eval mode). loader: yields float image batches [N, 3, H, W],
             or tuples/lists that start with one; image indices are positions in iteration order.
-        explainer: a trained :class:`Explainer` for the layer. When None, one is trained on the
-            embedded reference set for this model and layer and cached (see
+        explainer: a trained :class:`Explainer` for the layer; for several layers a list of
+            explainers (each for its ``layer``) or a dict {layer name: explainer}. When None, one
+            is trained per layer on the embedded reference set for this model and cached (see
             :func:`lavise_fast.explainer.default_explainer`).
         layer: dotted name or module; default the explainer's layer (they must agree), or the last
-            4-D layer of the model when no explainer is given.
-        filters: the filter indices to explain (default all), in the order of the result.
+            4-D layer of the model when no explainer is given. A list of layers explains them all
+            in the same forward pass, each with its own statistics, and returns a dict
+            {layer name: ExplainResult}.
+        filters: the filter indices to explain (default all), in the order of the result; for
+            several layers a dict {layer name: indices} (layers not in it: all filters).
         method: ``projection`` (the paper's, default), ``activation``, ``image`` or ``original``
             (module docstring). Only ``projection`` and ``original``, and ``activation`` with
             ``thresholds``, run in exactly one pass; the others re-run the top images once.
@@ -287,14 +162,29 @@ def explain(
             entities in the default space (only for explainers trained in it).
         quantile: the per-filter threshold quantile over all positions of all images (0.995, the
             top 0.5 % of Network Dissection). thresholds: per-filter thresholds [C] to use
-            instead (e.g. ``result.thresholds`` of an earlier run over all filters).
+            instead (e.g. ``result.thresholds`` of an earlier run over all filters); for several
+            layers a dict {layer name: thresholds}.
         head: what scores the pooled vectors: ``"torch"`` (default: the explainer, then
             ``ops.cosine_topk``), ``"onnx"`` (the explainer fused with the vocabulary is exported
             with :func:`lavise_fast.export_onnx` to a temporary file and run in onnxruntime), or a
-            vocabulary-fused :class:`lavise_fast.OnnxHead` (its layer, channels, dimension and words must be
-            the explainer's and the vocabulary's, and its ``top_k`` at least ``words_per_image``; that
-            its weights are the explainer's is up to the caller). The words equal the torch head's up to
-            float32 rounding (similarities within about 1e-7 may swap).
+            vocabulary-fused :class:`lavise_fast.OnnxHead` (one layer only; its layer, channels,
+            dimension and words must be the explainer's and the vocabulary's, and its ``top_k`` at
+            least ``words_per_image``; that its weights are the explainer's is up to the caller).
+            The words equal the torch head's up to float32 rounding (similarities within about
+            1e-7 may swap).
+        checkpoint: a folder. The state of the pass is saved there every ``checkpoint_every``
+            batches and when the pass ends (atomically); a sweep that finds a checkpoint of the same
+            sweep there resumes from it (skipping the batches it had read) and gives the result an
+            uninterrupted run gives. A checkpoint of another model, layer, dataset length or
+            settings is refused (ValueError naming what differs). The re-run of the top images
+            (``image``, ``activation`` without thresholds) is not checkpointed.
+        distributed: shard the images over the ranks of the initialised ``torch.distributed``
+            process group (``torchrun``; NCCL on GPUs, gloo on CPUs): rank r reads the images r,
+            r + W, ... of ``loader``'s dataset (a DataLoader read in order), and the ranks merge
+            their top images, sketches and votes, so every rank returns the result of one process
+            over all images (thresholds: up to the sketch's error where it is no longer exact, see
+            ``ChannelQuantiles``). A rank that dies makes the others fail with a RuntimeError once
+            the process group notices (at the latest after its ``timeout``).
 
     The vote weights each top image by its maximum activation of the filter, a real number; the
     official code repeats a word ``int(max)`` times instead, which drops images whose maximum
@@ -305,89 +195,233 @@ def explain(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(head, str) and head not in ("torch", "onnx"):
         raise ValueError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
-    _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words)
+    _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words,
+                    checkpoint_every=checkpoint_every)
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+    shard = distributed_sweep.current_shard() if distributed else None
     device = model_device(model, device)
     model.eval()
-    if explainer is None:
-        from lavise_fast.explainer import default_explainer
-
-        explainer = default_explainer(model, loader, layer=layer, device=device, progress=progress)
-    layer_name = explainer.layer if layer is None else resolve_layer(model, layer)[0]
-    explainer.check_compatible(layer_name, explainer.channels)
-    vocabulary = _vocabulary_for(explainer, vocabulary)
+    many = isinstance(layer, (list, tuple)) or isinstance(explainer, (list, tuple, Mapping))
+    explainers = _explainers_for(model, loader, explainer, layer, device, progress)
+    names = list(explainers)
+    if not isinstance(head, str) and len(names) > 1:
+        raise ValueError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
+    vocabulary = _vocabulary_for(explainers[names[0]], vocabulary)
+    for expl in explainers.values():
+        _vocabulary_for(expl, vocabulary)
     s = min(words_per_image, len(vocabulary.words))
-    if isinstance(head, str) and head == "torch":
-        head = explainer.to(device).eval()
-    else:
-        head = _head_for(head, explainer, vocabulary, s)
+    heads = {name: expl.to(device).eval() if head == "torch" else _head_for(head, expl, vocabulary, s)
+             for name, expl in explainers.items()}
     words = vocabulary.vectors.to(device)
-    given = None if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32).flatten().to(device)
-    in_pass = method in ("projection", "original") or (method == "activation" and given is not None)
+    filters_of = _per_layer(filters, names, many, "filters")
+    given_of = {name: None if t is None else torch.as_tensor(t, dtype=torch.float32).flatten().to(device)
+                for name, t in _per_layer(thresholds, names, many, "thresholds").items()}
 
-    tops = quantiles = votes = None
-    chosen: list[int] = []
-    wanted = None
-    base = 0
-    batch_size = 0
-    with LayerFeatures(model, [layer_name]) as tap:
-        for batch in tqdm(loader, desc=f"explain {layer_name}", disable=not progress):
-            images = _images(batch).to(device)
-            features = tap(images)[layer_name]
-            if tops is None:
-                C = features.shape[1]
-                explainer.check_compatible(layer_name, C)
-                chosen = _chosen_filters(filters, C)
-                if given is not None and given.numel() != C:
-                    raise ValueError(f"thresholds must hold one value per filter of {layer_name!r} ({C}), "
-                                     f"got {given.numel()}")
-                tops = TopImages(C, top_images, device=device)
-                quantiles = ChannelQuantiles(C, device=device)
-                votes = _Votes(C, head, words, s)
-                wanted = torch.zeros(C, dtype=torch.bool, device=device)
-                wanted[chosen] = True
-                batch_size = _loader_batch_size(loader, images.shape[0])
-            tops.update(features, base)
-            quantiles.update(features)
-            if in_pass:
-                entered = (tops.indices >= base) & (tops.indices < base + images.shape[0]) & wanted[:, None]
-                filt, slot = entered.nonzero(as_tuple=True)
-                for f, sl in zip(filt.split(votes.chunk_rows), slot.split(votes.chunk_rows), strict=True):
-                    rows = tops.indices[f, sl] - base  # pooled in chunks: memory stays within the budget
-                    if method == "original":
-                        z = features[rows].float().mean((2, 3))
-                    else:
-                        z = ops.attention_pool(features, rows, f, mode=method, thresholds=given)
-                    votes.add(f, rows + base, tops.values[f, sl], z, tops)
-                if len(filt):
-                    votes.forget(tops, filt.unique().tolist())
-            base += images.shape[0]
-        if tops is None:
+    def start(channels: dict[str, int]) -> dict[str, LayerSweep]:
+        sweeps = {}
+        for name in names:
+            C = channels[name]
+            explainers[name].check_compatible(name, C)
+            given = given_of[name]
+            if given is not None and given.numel() != C:
+                raise ValueError(f"thresholds must hold one value per filter of {name!r} ({C}), got {given.numel()}")
+            sweeps[name] = LayerSweep(name, heads[name], words, s, method, top_images, C,
+                                      _chosen_filters(filters_of[name], C), given, device)
+        return sweeps
+
+    run_loader, image_index = loader, None
+    if shard is not None:
+        run_loader, image_index = distributed_sweep.shard_loader(loader, shard)
+    saver = None
+    if checkpoint is not None:
+        fields = _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_of, method, top_images,
+                                    s, quantile, head)
+        saver = SweepCheckpoint(checkpoint, fields, *((shard.rank, shard.world) if shard else (0, 1)))
+
+    sweeps: dict[str, LayerSweep] | None = None
+    base = batches = 0
+    pass_done = False
+    with LayerFeatures(model, names) as tap:
+        resumed = saver.load() if saver is not None else None
+        if resumed is not None:
+            base, batches, pass_done = resumed["images"], resumed["batches"], resumed["pass_done"]
+            if resumed["layers"]:
+                sweeps = start({name: state["top_values"].shape[0] for name, state in resumed["layers"].items()})
+                for name, state in resumed["layers"].items():
+                    sweeps[name].load_state_dict(state)
+
+        def save() -> None:
+            saver.save({"images": base, "batches": batches, "pass_done": pass_done,
+                        "layers": {} if sweeps is None else {n: sw.state_dict() for n, sw in sweeps.items()}})
+
+        if not pass_done:
+            total = len(run_loader) if hasattr(run_loader, "__len__") else None
+            desc = f"explain {', '.join(names)}" + (f" (rank {shard.rank} of {shard.world})" if shard else "")
+            for batch in tqdm(batches_after(run_loader, batches, base), desc=desc, total=total, initial=batches,
+                              disable=not progress):
+                images = image_batch(batch).to(device)
+                features = tap(images)
+                if sweeps is None:
+                    sweeps = start({name: features[name].shape[1] for name in names})
+                for name, sweep in sweeps.items():
+                    sweep.update(features[name], base)
+                base += images.shape[0]
+                batches += 1
+                if saver is not None and batches % checkpoint_every == 0:
+                    save()
+            pass_done = True
+            if saver is not None:
+                save()
+        if shard is not None:
+            sweeps, base = _merge_ranks(sweeps, base, image_index, start)
+        if sweeps is None:
             raise ValueError("the loader yielded no batch: explain needs at least one image")
-        t = given if given is not None else quantiles.quantile(quantile)
-        if not in_pass:
-            _rerun_top_images(method, loader, tap, layer_name, tops, chosen, t, votes, batch_size, device, progress)
-        votes.prune(tops)
-        votes.score()
+        threshold_of = {name: sw.given if sw.given is not None else sw.quantiles.quantile(quantile)
+                        for name, sw in sweeps.items()}
+        rerun = [sw for sw in sweeps.values() if not sw.in_pass]
+        if rerun:
+            _rerun_top_images(rerun, run_loader, tap, threshold_of, batch_size_of(loader, 64), device, progress,
+                              image_index)
+            if shard is not None:
+                _merge_votes(rerun)
+        for sweep in sweeps.values():
+            sweep.settle()
 
-    _report_non_finite(quantiles, votes, layer_name)
+    results = {}
+    for name, sweep in sweeps.items():
+        _report_non_finite(sweep)
+        results[name] = _result(sweep, vocabulary, explainers[name], threshold_of[name], num_words, quantile,
+                                thresholds is not None, base)
+    return results if many else results[names[0]]
+
+
+def _result(sweep: LayerSweep, vocabulary: Vocabulary, explainer: Explainer, thresholds: torch.Tensor,
+            num_words: int, quantile: float, thresholds_given: bool, images: int) -> ExplainResult:
     result_words, result_scores, result_images, result_acts = [], [], [], []
-    for k in chosen:
-        idx = [i for i in tops.indices[k].tolist() if i >= 0]
-        ranked = votes.ranked(k, idx, num_words)
+    for k in sweep.chosen:
+        idx = [i for i in sweep.tops.indices[k].tolist() if i >= 0]
+        ranked = sweep.votes.ranked(k, idx, num_words)
         result_words.append([vocabulary.words[w] for w, _ in ranked])
         result_scores.append([v for _, v in ranked])
         result_images.append(idx)
-        result_acts.append(tops.values[k, : len(idx)].tolist())
-    settings = {"layer": layer_name, "method": method, "top_images": top_images, "words_per_image": s,
-                "num_words": num_words, "quantile": quantile if thresholds is None else None,
-                "thresholds_given": thresholds is not None, "images": base, "space": explainer.space,
-                "vocabulary_size": len(vocabulary.words), "seen": list(explainer.seen),
-                "unseen": list(explainer.unseen)}
-    t = t.tolist()
-    return ExplainResult(chosen, result_words, result_scores, result_images, result_acts, [t[k] for k in chosen],
-                         settings)
+        result_acts.append(sweep.tops.values[k, : len(idx)].tolist())
+    settings = {"layer": sweep.name, "method": sweep.method, "top_images": sweep.tops.k,
+                "words_per_image": sweep.votes.s, "num_words": num_words,
+                "quantile": None if thresholds_given else quantile, "thresholds_given": thresholds_given,
+                "images": images, "space": explainer.space, "vocabulary_size": len(vocabulary.words),
+                "seen": list(explainer.seen), "unseen": list(explainer.unseen)}
+    t = thresholds.tolist()
+    return ExplainResult(list(sweep.chosen), result_words, result_scores, result_images, result_acts,
+                         [t[k] for k in sweep.chosen], settings)
+
+
+def _explainers_for(model, loader, explainer, layer, device, progress) -> dict[str, Explainer]:
+    """{layer name: explainer} from explain's ``explainer`` and ``layer`` arguments, in order."""
+    specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not specs:
+        raise ValueError("layer must name at least one layer")
+    if isinstance(explainer, Mapping):
+        pairs = [(resolve_layer(model, name)[0], expl) for name, expl in explainer.items()]
+    elif isinstance(explainer, (list, tuple)):
+        pairs = [(resolve_layer(model, expl.layer)[0] if getattr(expl, "layer", "") else None, expl)
+                 for expl in explainer]
+        if any(name is None for name, _ in pairs):
+            raise ValueError("each explainer of a list must know its layer (Explainer(layer=...)); or pass a dict "
+                             "{layer name: explainer}")
+    elif explainer is None or isinstance(explainer, Explainer):
+        if explainer is not None and len(specs) > 1:
+            raise ValueError(f"one explainer explains one layer, and layer= names {len(specs)}: pass explainer= a "
+                             "list (or a dict by layer name) with one explainer per layer, or None")
+        pairs = []
+        for spec in specs:
+            if explainer is None:
+                from lavise_fast.explainer import default_explainer
+
+                expl = default_explainer(model, loader, layer=spec, device=device, progress=progress)
+                pairs.append((expl.layer, expl))
+            else:
+                pairs.append((explainer.layer if spec is None else resolve_layer(model, spec)[0], explainer))
+    else:
+        raise TypeError(f"explainer must be an Explainer, a list or dict of them, or None; got "
+                        f"{type(explainer).__name__}")
+    if not all(isinstance(expl, Explainer) for _, expl in pairs):
+        raise TypeError("explainer= must hold lavise_fast.Explainer objects")
+    if layer is not None and not (explainer is None or isinstance(explainer, Explainer)):
+        wanted = [resolve_layer(model, spec)[0] for spec in specs]
+        if sorted(wanted) != sorted(name for name, _ in pairs):
+            raise ValueError(f"layer= names {wanted}, the explainers are for {[name for name, _ in pairs]}")
+    explainers = dict(pairs)
+    if len(explainers) != len(pairs):
+        raise ValueError(f"layers must not repeat, got {[name for name, _ in pairs]}")
+    for name, expl in explainers.items():
+        expl.check_compatible(name, expl.channels)
+    return explainers
+
+
+def _per_layer(value, names: list[str], many: bool, argument: str) -> dict:
+    """{layer name: value for that layer} from a per-layer dict (several layers) or a plain value (one)."""
+    if not many:
+        if isinstance(value, Mapping):
+            raise TypeError(f"{argument}= is a dict, which is for several layers; give the values for the one layer")
+        return {names[0]: value}
+    if value is None:
+        return dict.fromkeys(names)
+    if not isinstance(value, Mapping):
+        raise TypeError(f"with several layers, {argument}= must be a dict {{layer name: values}}, got "
+                        f"{type(value).__name__}")
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ValueError(f"{argument}= names layers that are not explained: {unknown} (explained: {names})")
+    return {name: value.get(name) for name in names}
+
+
+def _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_of, method, top_images, s, quantile,
+                       head) -> dict:
+    """What a checkpoint must match to be resumed (plain values; weights and words as SHA-1s)."""
+    dataset = getattr(loader, "dataset", None)
+    length = len(dataset) if hasattr(dataset, "__len__") else len(loader) if hasattr(loader, "__len__") else None
+    return {
+        "model": digest(type(model).__qualname__, model), "layers": list(explainers), "dataset_length": length,
+        "batch_size": getattr(loader, "batch_size", None), "method": method, "top_images": top_images,
+        "words_per_image": s, "quantile": quantile,
+        "filters": {name: None if f is None else [int(k) for k in f] for name, f in filters_of.items()},
+        "thresholds": {name: None if t is None else digest(t) for name, t in given_of.items()},
+        "explainers": {name: digest(expl.channels, expl.dim, expl.space, expl) for name, expl in explainers.items()},
+        "vocabulary": digest(vocabulary.words, vocabulary.vectors),
+        "head": head if isinstance(head, str) else str(head.path),
+    }
+
+
+def _merge_ranks(sweeps: dict[str, LayerSweep] | None, images: int, image_index: torch.Tensor,
+                 start) -> tuple[dict[str, LayerSweep] | None, int]:
+    """Every rank's layer states (image indices made global) merged in rank order; the images of all ranks."""
+    states = None
+    if sweeps is not None:
+        for sweep in sweeps.values():
+            sweep.settle()
+        states = {name: sweep.state_dict(image_index) for name, sweep in sweeps.items()}
+    gathered = distributed_sweep.all_gather((images, states), "the top images, sketches and votes")
+    present = [states for _, states in gathered if states is not None]
+    if not present:
+        return None, 0
+    merged = start({name: state["top_values"].shape[0] for name, state in present[0].items()})
+    for i, states in enumerate(present):
+        for name, state in states.items():
+            merged[name].load_state_dict(state, merge=i > 0)
+    return merged, sum(n for n, _ in gathered)
+
+
+def _merge_votes(sweeps: list[LayerSweep]) -> None:
+    """Adds the pairs the other ranks scored in the re-run (disjoint images) to every rank's votes."""
+    for sweep in sweeps:
+        sweep.settle()
+    mine = {sweep.name: sweep.votes.state_dict() for sweep in sweeps}
+    gathered = distributed_sweep.all_gather(mine, "the votes of the re-run top images")
+    for rank, rank_votes in enumerate(gathered):
+        if rank != torch.distributed.get_rank():
+            for sweep in sweeps:
+                sweep.votes.load_state_dict(rank_votes[sweep.name], sweep.device, merge=True)
 
 
 def _chosen_filters(filters: Sequence[int] | None, channels: int) -> list[int]:
@@ -447,42 +481,55 @@ def _head_for(head: str | OnnxHead, explainer: Explainer, vocabulary: Vocabulary
     return head
 
 
-def _rerun_top_images(method, loader, tap, layer, tops, chosen, thresholds, votes, batch_size, device,
-                      progress) -> None:
+def _rerun_top_images(sweeps: list[LayerSweep], loader, tap, thresholds: dict[str, torch.Tensor], batch_size: int,
+                      device, progress, image_index: torch.Tensor | None = None) -> None:
     """``activation`` without given thresholds and ``image``: runs the model again on the union of
-    the chosen filters' top images (those with a positive maximum), batched, and scores their pairs."""
-    idx, val = tops.indices[chosen], tops.values[chosen]
-    live = (idx >= 0) & (val > 0)
-    filt = torch.tensor(chosen, device=idx.device)[:, None].expand_as(idx)[live]
-    image_of, weight_of = idx[live], val[live]
-    union = sorted(set(image_of.tolist()))
-    if not union:
+    the chosen filters' top images (those with a positive maximum) of every layer in ``sweeps``,
+    batched, and scores their pairs. ``image_index`` [n]: the global indices of the images this
+    rank's ``loader`` yields; only those are re-run here."""
+    plans = []
+    for sweep in sweeps:
+        idx, val = sweep.tops.indices[sweep.chosen], sweep.tops.values[sweep.chosen]
+        live = (idx >= 0) & (val > 0)
+        filt = torch.tensor(sweep.chosen, device=idx.device)[:, None].expand_as(idx)[live]
+        plans.append((sweep, filt, idx[live], val[live]))
+    union = torch.tensor(sorted(set(torch.cat([plan[2] for plan in plans]).tolist())), dtype=torch.int64)
+    if image_index is not None:
+        union = union[torch.isin(union, image_index)]
+        positions = torch.searchsorted(image_index, union)
+    else:
+        positions = union
+    if not len(union):
         return
     total = math.ceil(len(union) / batch_size)
-    for positions, images in tqdm(_images_at(loader, union, batch_size), total=total,
-                                  desc=f"re-running top images ({method})", disable=not progress):
-        positions, images = positions.to(device), images.to(device)
-        features = tap(images)[layer]
-        pair = torch.isin(image_of, positions).nonzero().flatten()
-        rows = torch.searchsorted(positions, image_of[pair])
-        step = batch_size if method == "image" else votes.chunk_rows
-        for start in range(0, len(pair), step):
-            part = pair[start : start + step]
-            r = rows[start : start + step]
-            if method == "image":
-                z = _masked_image_features(tap, layer, images, features, r, filt[part], thresholds)
-            else:
-                z = ops.attention_pool(features, r, filt[part], mode="activation", thresholds=thresholds)
-            votes.add(filt[part], image_of[part], weight_of[part], z)
+    methods = sorted({sweep.method for sweep in sweeps})
+    for local, images in tqdm(images_at(loader, positions.tolist(), batch_size), total=total,
+                              desc=f"re-running top images ({', '.join(methods)})", disable=not progress):
+        glob = (local if image_index is None else image_index[local]).to(device)
+        images = images.to(device)
+        features = tap(images)
+        for sweep, filt, image_of, weight_of in plans:
+            pair = torch.isin(image_of, glob).nonzero().flatten()
+            rows = torch.searchsorted(glob, image_of[pair])
+            step = batch_size if sweep.method == "image" else sweep.votes.chunk_rows
+            for start in range(0, len(pair), step):
+                part = pair[start : start + step]
+                r = rows[start : start + step]
+                t = thresholds[sweep.name]
+                if sweep.method == "image":
+                    z = _masked_image_features(tap, sweep.name, images, features[sweep.name], r, filt[part], t)
+                else:
+                    z = ops.attention_pool(features[sweep.name], r, filt[part], mode="activation", thresholds=t)
+                sweep.votes.add(filt[part], image_of[part], weight_of[part], z)
 
 
-def _report_non_finite(quantiles: ChannelQuantiles, votes: _Votes, layer: str) -> None:
-    nan = quantiles.nan_count
+def _report_non_finite(sweep: LayerSweep) -> None:
+    nan = sweep.quantiles.nan_count
     if nan.sum() > 0:
         bad = nan.nonzero().flatten().tolist()
-        warnings.warn(f"{int(nan.sum())} activations of {len(bad)} filter(s) of {layer!r} were NaN and were ignored "
-                      f"(filters {bad[:10]}{' ...' if len(bad) > 10 else ''}); filters with no finite activation "
-                      "get no top images and no words", RuntimeWarning, stacklevel=3)
-    if votes.non_finite:
-        warnings.warn(f"{votes.non_finite} (filter, image) pair(s) gave a non-finite embedding and did not vote",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{int(nan.sum())} activations of {len(bad)} filter(s) of {sweep.name!r} were NaN and were "
+                      f"ignored (filters {bad[:10]}{' ...' if len(bad) > 10 else ''}); filters with no finite "
+                      "activation get no top images and no words", RuntimeWarning, stacklevel=3)
+    if sweep.votes.non_finite:
+        warnings.warn(f"{sweep.votes.non_finite} (filter, image) pair(s) of {sweep.name!r} gave a non-finite "
+                      "embedding and did not vote", RuntimeWarning, stacklevel=3)

@@ -246,13 +246,12 @@ def test_a_layer_that_is_not_a_feature_map_and_a_model_on_another_device_are_ref
 
 def test_a_tiny_memory_budget_gives_the_same_result(setting, targets, monkeypatch):
     """Pairs pooled one at a time and the stash scored at every step: the same words as in one go."""
-    import sys
+    from lavise_fast.sweep_state import Votes
 
-    explain_module = sys.modules["lavise_fast.explain"]  # the package's `explain` attribute is the function
     model, expl, vocab = setting
     kw = dict(vocabulary=vocab, top_images=3, words_per_image=2, filters=list(range(0, 256, 9)), progress=False)
     wide = {m: explain(model, batches(targets), expl, method=m, **kw) for m in ("projection", "activation")}
-    monkeypatch.setattr(explain_module._Votes.__init__, "__defaults__", (4 * 256,))  # one row of z
+    monkeypatch.setattr(Votes.__init__, "__defaults__", (4 * 256,))  # one row of z
     for method, expected in wide.items():
         narrow = explain(model, batches(targets), expl, method=method, **kw)
         assert narrow.words == expected.words and narrow.top_images == expected.top_images

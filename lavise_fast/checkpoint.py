@@ -1,0 +1,89 @@
+"""Checkpoints of a sweep in progress, so that a crashed sweep resumes where it stopped.
+
+A checkpoint is one torch file in a folder (``sweep.pt``, or ``sweep.rank{r}-of-{w}.pt`` per rank
+of a distributed sweep), written atomically (a temporary file, then a rename): the batches and
+images read so far and every layer's :class:`~lavise_fast.sweep_state.LayerSweep` state. Beside
+the state it records what the sweep was: the model's weights (a SHA-1), the layers, the
+dataset's length, the settings, the explainers and the vocabulary; a sweep resumes from it only
+when all of these are the same, and otherwise is refused with an error naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from lavise_fast.explainer import atomic_torch_save
+
+__all__ = ["SweepCheckpoint", "digest"]
+
+FORMAT = "lavise_fast.sweep/1"
+
+
+def digest(*parts: object) -> str:
+    """SHA-1 of tensors (dtype, shape and bytes), modules (their state_dict) and reprs of anything else."""
+    h = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, torch.nn.Module):
+            part = part.state_dict()
+        if isinstance(part, dict) and all(torch.is_tensor(v) for v in part.values()):
+            for name, tensor in part.items():
+                h.update(name.encode())
+                h.update(digest(tensor).encode())
+        elif torch.is_tensor(part):
+            t = part.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
+
+
+class SweepCheckpoint:
+    """The checkpoint file of one sweep (one rank of it) in ``folder``, for a sweep described by
+    ``fields`` (a dict of plain values: what must match for a resume)."""
+
+    def __init__(self, folder: str | os.PathLike, fields: dict, rank: int = 0, world: int = 1) -> None:
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"checkpoint={str(folder)!r} must be a folder, and it is a file")
+        name = "sweep.pt" if world == 1 else f"sweep.rank{rank}-of-{world}.pt"
+        self.path = self.folder / name
+        self.fields = fields
+
+    def load(self) -> dict | None:
+        """The saved state when there is a checkpoint of this sweep, None when there is none.
+
+        Raises:
+            ValueError: the file is truncated or corrupted, or is the checkpoint of another sweep
+                (the message names each field that differs).
+        """
+        if not self.path.is_file():
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"sweep checkpoint {self.path} is unreadable (truncated or corrupted?): "
+                             f"{type(error).__name__}: {error}; delete it to start the sweep over") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not a lavise_fast sweep checkpoint (expected format {FORMAT!r})")
+        saved = payload.get("fields", {})
+        differ = [f"{key}: the checkpoint has {_short(saved.get(key))}, this sweep {_short(value)}"
+                  for key, value in self.fields.items() if saved.get(key) != value]
+        if differ:
+            raise ValueError(f"sweep checkpoint {self.path} belongs to another sweep ("
+                             + "; ".join(differ) + "): pass another checkpoint folder, or delete it to start over")
+        return payload["state"]
+
+    def save(self, state: dict) -> None:
+        """Writes ``state`` (CPU tensors and plain values) with the fields, atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"format": FORMAT, "fields": self.fields, "state": state}, self.path)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,97 @@
+"""What a sweep needs of a target loader: its image batches, and loaders over a part of its
+dataset (the images after a checkpoint, the top images to re-run, a rank's share).
+
+A loader yields float image batches [N, 3, H, W], or tuples/lists that start with one; an
+image's index is its position in iteration order. A ``DataLoader`` over a map-style dataset read
+in order (``shuffle=False``) can be cut into parts without reading the rest; any other loader is
+read again and the wanted images picked out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
+
+__all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "images_at", "batches_after"]
+
+
+def image_batch(batch) -> torch.Tensor:
+    """The image batch [N, 3, H, W] of a loader's item; TypeError naming what was found otherwise."""
+    images = batch[0] if isinstance(batch, (tuple, list)) and len(batch) else batch
+    if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
+        found = repr(images)[:60]
+        if torch.is_tensor(images):
+            found = f"{images.dtype} tensor of shape {tuple(images.shape)}"
+        raise TypeError(f"the loader must yield float image batches [N, 3, H, W] (or tuples starting with one), "
+                        f"got {found}")
+    return images
+
+
+def batch_size_of(loader, default: int) -> int:
+    size = getattr(loader, "batch_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else default
+
+
+def is_sequential(loader) -> bool:
+    """A DataLoader over a sized map-style dataset, read in order in batches of ``batch_size``."""
+    dataset = getattr(loader, "dataset", None)
+    return (isinstance(loader, DataLoader) and not isinstance(dataset, IterableDataset)
+            and hasattr(dataset, "__len__") and isinstance(loader.sampler, SequentialSampler)
+            and loader.batch_size is not None)
+
+
+def subset_loader(loader: DataLoader, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
+    """A DataLoader like ``loader`` (collate, workers, pinning, drop_last) over ``dataset[indices]``, in order."""
+    return DataLoader(Subset(loader.dataset, indices), batch_size=batch_size or loader.batch_size, shuffle=False,
+                      drop_last=loader.drop_last, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory)
+
+
+def images_at(loader, wanted: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (indices [n], images [n, 3, H, W]) for the sorted image positions ``wanted``."""
+    if is_sequential(loader):
+        start = 0
+        for batch in subset_loader(loader, wanted, batch_size):
+            images = image_batch(batch)
+            yield torch.tensor(wanted[start : start + len(images)]), images
+            start += len(images)
+        return
+    want = torch.tensor(wanted)
+    base = found = 0
+    for batch in loader:
+        images = image_batch(batch)
+        lo, hi = torch.searchsorted(want, torch.tensor([base, base + len(images)])).tolist()
+        if hi > lo:
+            yield want[lo:hi], images[want[lo:hi] - base]
+            found += hi - lo
+        base += len(images)
+        if found == len(wanted):
+            return
+    raise ValueError(f"iterating the loader a second time gave {base} images, not the {wanted[-1] + 1} or more of "
+                     "the first pass: this method re-runs the top images, so the loader must be re-iterable and "
+                     "yield the same images in the same order (or pass thresholds= for method='activation')")
+
+
+def batches_after(loader, batches: int, images: int) -> Iterable:
+    """The loader's batches after its first ``batches``, which held ``images`` images."""
+    if batches == 0:
+        return loader
+    if is_sequential(loader) and not loader.drop_last:
+        return subset_loader(loader, range(images, len(loader.dataset)))
+    return _drop_batches(loader, batches, images)
+
+
+def _drop_batches(loader, batches: int, images: int) -> Iterator:
+    it = iter(loader)
+    seen = 0
+    for _ in range(batches):
+        batch = next(it, None)
+        if batch is None:
+            break
+        seen += image_batch(batch).shape[0]
+    if seen != images:
+        raise ValueError(f"the checkpoint had read {batches} batches holding {images} images, and the loader's first "
+                         f"{batches} batches now hold {seen}: resume with the same loader")
+    yield from it

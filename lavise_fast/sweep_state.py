@@ -1,0 +1,225 @@
+"""The streaming state of one layer of a sweep: what ``explain`` keeps per layer between batches.
+
+:class:`LayerSweep` holds, for the C filters of one layer, the top images (``TopImages``), the
+quantile sketch (``ChannelQuantiles``) and the votes (:class:`Votes`) of the chosen filters.
+Its whole state is a dict of CPU tensors (``state_dict`` / ``load_state_dict``) that a
+checkpoint stores, and two states of disjoint image sets merge (``merge``) into the state of
+one stream over both: the ranks of a distributed sweep merge this way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lavise_fast import ops
+from lavise_fast.stats import ChannelQuantiles, TopImages
+
+__all__ = ["LayerSweep", "Votes"]
+
+
+class Votes:
+    """The (filter, image) pairs of the top images and what they vote for.
+
+    Pairs entering a filter's top images are stashed with their pooled vector z [C] and weight;
+    stashed pairs that have left the top images are dropped before they are scored, and the
+    stash is scored (head, ``cosine_topk``) only when it outgrows ``budget_bytes`` and at the
+    end, so most pairs that enter and leave again are never scored. Scored pairs keep only
+    their s best word indices: per filter, image -> (indices [s], or None when the embedding
+    was not finite; weight).
+    """
+
+    def __init__(self, channels: int, head, words: torch.Tensor, s: int, budget_bytes: int = 64 << 20) -> None:
+        self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
+        self.head, self.words, self.s = head, words, s
+        self.budget_rows = max(1, budget_bytes // (4 * channels))
+        self.chunk_rows = max(1, self.budget_rows // 4)  # pairs pooled at once
+        self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.stash_rows = 0
+        self.non_finite = 0
+
+    def add(self, filt: torch.Tensor, images: torch.Tensor, weights: torch.Tensor, z: torch.Tensor,
+            tops: TopImages | None = None) -> None:
+        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C]."""
+        self.stash_parts.append((filt, images, weights.float(), z.float()))
+        self.stash_rows += len(filt)
+        if self.stash_rows > self.budget_rows:
+            if tops is not None:
+                self.prune(tops)
+            if self.stash_rows > self.budget_rows:
+                self.score()
+
+    def _stash(self) -> tuple[torch.Tensor, ...]:
+        parts = [torch.cat(column) for column in zip(*self.stash_parts, strict=True)]
+        self.stash_parts = [tuple(parts)] if len(parts[0]) else []
+        return tuple(parts)
+
+    def prune(self, tops: TopImages) -> None:
+        """Drops the stashed pairs that are no longer among their filter's top images."""
+        if not self.stash_parts:
+            return
+        filt, images, weights, z = self._stash()
+        alive = (tops.indices[filt] == images[:, None]).any(1)
+        self.stash_parts = [(filt[alive], images[alive], weights[alive], z[alive])] if alive.any() else []
+        self.stash_rows = int(alive.sum())
+
+    def score(self) -> None:
+        """Scores the stash: head, then the s best words by cosine similarity (or both at once in a
+        vocabulary-fused ONNX head, whose similarities are non-finite where the embedding is)."""
+        if not self.stash_parts:
+            return
+        filt, images, weights, z = self._stash()
+        self.stash_parts, self.stash_rows = [], 0
+        if getattr(self.head, "fused", False):
+            scores, best = self.head(z)
+            finite, best = torch.isfinite(scores).all(1), best[:, : self.s]
+        else:
+            embedded = self.head(z)
+            finite = torch.isfinite(embedded).all(1)
+            _, best = ops.cosine_topk(torch.where(finite[:, None], embedded, 0.0), self.words, self.s)
+        finite, best = finite.tolist(), best.cpu()
+        self.non_finite += finite.count(False)
+        for k, image, weight, w_idx, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), best, finite,
+                                               strict=True):
+            self.pairs[k][image] = (w_idx if ok else None, weight)
+
+    def forget(self, tops: TopImages, filters: list[int]) -> None:
+        """Drops the scored pairs of ``filters`` that are no longer among their top images."""
+        for k in filters:
+            if self.pairs[k]:
+                keep = set(tops.indices[k].tolist())
+                self.pairs[k] = {i: v for i, v in self.pairs[k].items() if i in keep}
+
+    def ranked(self, k: int, images: list[int], num_words: int) -> list[tuple[int, float]]:
+        """The vote of filter k over its top images: (word index, summed weight), best first, ties to
+        the smaller index. Images with a maximum <= 0 or no finite embedding do not vote."""
+        votes: dict[int, float] = {}
+        for image in images:
+            w_idx, weight = self.pairs[k].get(image, (None, 0.0))
+            if w_idx is None or not weight > 0:
+                continue
+            for w in w_idx.tolist():
+                votes[w] = votes.get(w, 0.0) + weight
+        return sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:num_words]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The scored pairs (filter [M], image [M], weight [M], words [M, s] with -1 rows where the
+        embedding was not finite) and the stash (filter, image, weight, z [R, C]), on the CPU."""
+        rows = [(k, image, weight, w_idx) for k, pairs in enumerate(self.pairs)
+                for image, (w_idx, weight) in pairs.items()]
+        words = torch.full((len(rows), self.s), -1, dtype=torch.int64)
+        for m, (_, _, _, w_idx) in enumerate(rows):
+            if w_idx is not None:
+                words[m] = w_idx
+        stash = self._stash() if self.stash_parts else (torch.zeros(0, dtype=torch.int64),) * 2 + (
+            torch.zeros(0), torch.zeros(0, len(self.pairs)))
+        return {
+            "filter": torch.tensor([r[0] for r in rows], dtype=torch.int64),
+            "image": torch.tensor([r[1] for r in rows], dtype=torch.int64),
+            "weight": torch.tensor([r[2] for r in rows], dtype=torch.float32),
+            "words": words,
+            "stash_filter": stash[0].cpu(), "stash_image": stash[1].cpu(),
+            "stash_weight": stash[2].cpu(), "stash_z": stash[3].cpu(),
+            "non_finite": torch.tensor(self.non_finite),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device, merge: bool = False) -> None:
+        """Restores :meth:`state_dict` (or, with ``merge``, adds its pairs to these, for disjoint images)."""
+        if not merge:
+            self.pairs = [{} for _ in self.pairs]
+            self.stash_parts, self.stash_rows, self.non_finite = [], 0, 0
+        for k, image, weight, w_idx in zip(state["filter"].tolist(), state["image"].tolist(),
+                                           state["weight"].tolist(), state["words"], strict=True):
+            self.pairs[k][image] = (None if bool((w_idx < 0).any()) else w_idx.clone(), weight)
+        if len(state["stash_filter"]):
+            self.stash_parts.append(tuple(state[f"stash_{key}"].to(device)
+                                          for key in ("filter", "image", "weight", "z")))
+            self.stash_rows += len(state["stash_filter"])
+        self.non_finite += int(state["non_finite"])
+
+
+class LayerSweep:
+    """Top images, quantile sketch and votes of one layer, fed one batch of its features at a time.
+
+    ``chosen`` are the filters to explain; ``given`` the thresholds [C] when the caller gave them.
+    ``in_pass`` methods pool the entering pairs during the pass (``projection``, ``original``, and
+    ``activation`` with given thresholds); the others are scored by a re-run of the top images.
+    """
+
+    def __init__(self, name: str, head, words: torch.Tensor, s: int, method: str, top_images: int,
+                 channels: int, chosen: list[int], given: torch.Tensor | None, device: torch.device) -> None:
+        self.name, self.method, self.chosen, self.given = name, method, chosen, given
+        self.in_pass = method in ("projection", "original") or (method == "activation" and given is not None)
+        self.tops = TopImages(channels, top_images, device=device)
+        self.quantiles = ChannelQuantiles(channels, device=device)
+        self.votes = Votes(channels, head, words, s)
+        self.wanted = torch.zeros(channels, dtype=torch.bool, device=device)
+        self.wanted[chosen] = True
+        self.device = device
+
+    def update(self, features: torch.Tensor, base: int) -> None:
+        """Adds a batch of features [N, C, h, w] whose images have the indices base, ..., base + N - 1."""
+        tops, votes = self.tops, self.votes
+        tops.update(features, base)
+        self.quantiles.update(features)
+        if not self.in_pass:
+            return
+        n = features.shape[0]
+        entered = (tops.indices >= base) & (tops.indices < base + n) & self.wanted[:, None]
+        filt, slot = entered.nonzero(as_tuple=True)
+        for f, sl in zip(filt.split(votes.chunk_rows), slot.split(votes.chunk_rows), strict=True):
+            rows = tops.indices[f, sl] - base  # pooled in chunks: memory stays within the budget
+            if self.method == "original":
+                z = features[rows].float().mean((2, 3))
+            else:
+                z = ops.attention_pool(features, rows, f, mode=self.method, thresholds=self.given)
+            votes.add(f, rows + base, tops.values[f, sl], z, tops)
+        if len(filt):
+            votes.forget(tops, filt.unique().tolist())
+
+    def settle(self) -> None:
+        """Drops the stashed pairs that left the top images and scores the rest."""
+        self.votes.prune(self.tops)
+        self.votes.score()
+
+    def state_dict(self, image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The whole state on the CPU; ``image_index`` [n] maps the image indices used so far
+        (0..n-1, e.g. a rank's positions in its shard) to other ones (the global indices)."""
+        indices = self.tops.indices.cpu()
+        votes = self.votes.state_dict()
+        if image_index is not None:
+            indices = torch.where(indices >= 0, image_index[indices.clamp_min(0)], indices)
+            votes["image"] = image_index[votes["image"]]
+            votes["stash_image"] = image_index[votes["stash_image"]]
+        state = {"top_values": self.tops.values.cpu(), "top_indices": indices, "top_seen": torch.tensor(self.tops.seen),
+                 "q_means": self.quantiles.means.cpu(), "q_weights": self.quantiles.weights.cpu(),
+                 "q_summary": self.quantiles.summary.cpu()}
+        state.update({f"votes.{key}": value for key, value in votes.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], merge: bool = False) -> None:
+        """Restores :meth:`state_dict`, or with ``merge`` folds in the state of a disjoint image set
+        (image indices in the same numbering): top images and sketch merge, pairs are added and
+        those no longer among the top images dropped."""
+        other = self._stats_from(state)
+        if merge:
+            self.tops.merge(other[0])
+            self.quantiles.merge(other[1])
+        else:
+            self.tops, self.quantiles = other
+        self.votes.load_state_dict({key[6:]: value for key, value in state.items() if key.startswith("votes.")},
+                                   self.device, merge=merge)
+        if merge:
+            self.votes.forget(self.tops, self.chosen)
+
+    def _stats_from(self, state: dict[str, torch.Tensor]) -> tuple[TopImages, ChannelQuantiles]:
+        values = state["top_values"]
+        tops = TopImages(values.shape[0], values.shape[1], device=self.device)
+        tops.values.copy_(values)
+        tops.indices.copy_(state["top_indices"])
+        tops.seen = int(state["top_seen"])
+        means = state["q_means"]
+        quantiles = ChannelQuantiles(means.shape[0], capacity=means.shape[1], device=self.device)
+        quantiles.means.copy_(means)
+        quantiles.weights.copy_(state["q_weights"])
+        quantiles.summary.copy_(state["q_summary"])
+        return tops, quantiles

@@ -1,0 +1,90 @@
+"""A tiny seeded CNN with three layers, random explainers, a vocabulary and a dataset of random
+images: the setting of the multi-layer, checkpoint and distributed tests (also imported by the
+scripts those tests run in subprocesses, so that every process builds exactly the same)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lavise_fast.explainer import Explainer
+from lavise_fast.semantics import Static, Vocabulary
+
+LAYERS = ["block1", "block2", "block3"]
+DIM = 12
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict([
+        ("block1", nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())),
+        ("block2", nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())),
+        ("block3", nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU())),
+        ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(24, 5)),
+    ])).eval()
+
+
+def explainers() -> dict[str, Explainer]:
+    torch.manual_seed(1)
+    out = {}
+    for name, channels in zip(LAYERS, (8, 16, 24), strict=True):
+        expl = Explainer(channels, DIM, layer=name, space="sweep-test").eval()
+        expl.trained = True
+        out[name] = expl
+    return out
+
+
+def vocabulary() -> Vocabulary:
+    g = torch.Generator().manual_seed(2)
+    words = [f"w{i}" for i in range(40)]
+    return Vocabulary.from_words(words, Static(words, torch.randn(40, DIM, generator=g), name="sweep-test"))
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """``n`` seeded random images [3, 24, 24]; with ``stall_at`` (and a ``marker`` path) item
+    ``stall_at`` writes the marker and sleeps, so that a test can kill the process mid-sweep;
+    with ``die_at`` the process exits at once there (a dying rank)."""
+
+    def __init__(self, n: int, stall_at: int | None = None, marker: str | None = None,
+                 die_at: int | None = None) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.images = torch.randn(n, 3, 24, 24, generator=g) * 2
+        self.stall_at, self.marker, self.die_at = stall_at, marker, die_at
+        self.loaded = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.die_at:
+            os._exit(3)
+        if i == self.stall_at:
+            Path(self.marker).write_text("stalled")
+            time.sleep(600)
+        self.loaded += 1
+        return self.images[i]
+
+
+def loader(dataset: torch.utils.data.Dataset, batch_size: int = 5) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def same(a, b) -> None:
+    """Asserts two ExplainResults (or dicts of them) hold the same filters, words, top images and thresholds."""
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for name in a:
+            same(a[name], b[name])
+        return
+    assert a.filters == b.filters
+    assert a.words == b.words
+    assert a.top_images == b.top_images
+    assert a.top_activations == b.top_activations
+    assert a.thresholds == b.thresholds
+    assert a.scores == b.scores
+    assert a.settings == b.settings

@@ -1,0 +1,87 @@
+"""Distributed sweeps on torch.distributed with gloo, two processes on this machine (loopback):
+the same words, top images and thresholds as one process; a dying rank fails the run clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sweep_setup as setup
+
+from lavise_fast.explain import ExplainResult, explain
+
+SCRIPT = Path(__file__).with_name("distributed_sweep.py")
+
+
+def single_process(n, batch_size, layers, method):
+    expls = setup.explainers()
+    chosen = {layer: expls[layer] for layer in layers} if isinstance(layers, list) else expls[layers]
+    return explain(setup.tiny_model(), setup.loader(setup.RandomImages(n), batch_size), chosen, layer=layers,
+                   vocabulary=setup.vocabulary(), top_images=4, words_per_image=3, method=method, progress=False)
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+
+
+def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from distributed_sweep import CASES
+
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(SCRIPT), str(out)], env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for name, (n, batch_size, layers, method) in CASES.items():
+        expected = single_process(n, batch_size, layers, method)
+        got = data["results"][name]
+        if isinstance(expected, dict):
+            got = {layer: ExplainResult(**r) for layer, r in got.items()}
+        else:
+            got = ExplainResult(**got)
+        if name == "exact":
+            setup.same(got, expected)
+            continue
+        for layer in expected:  # the sketch is no longer exact: thresholds within its error, the rest equal
+            a, b = got[layer], expected[layer]
+            assert (a.words, a.top_images, a.top_activations, a.scores) == (b.words, b.top_images,
+                                                                              b.top_activations, b.scores)
+            assert a.thresholds == pytest.approx(b.thresholds, rel=0.02, abs=1e-3)
+    # each rank read its own share of the images in the pass (23 and 22 of 45)
+    assert [loaded["layers"] for loaded in data["loaded"]] == [23, 22]
+    assert [loaded["exact"] for loaded in data["loaded"]][0] >= 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_rank_that_dies_fails_the_others_with_a_clear_message(tmp_path):
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        rank_env = {**env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "out.json"), "--die-at", "5",
+                                       "--timeout", "30"], env=rank_env, stderr=subprocess.PIPE, text=True))
+    start = time.monotonic()
+    try:
+        _, err0 = procs[0].communicate(timeout=120)
+        procs[1].communicate(timeout=30)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 3  # the dying rank
+    assert procs[0].returncode != 0 and time.monotonic() - start < 120
+    assert "distributed sweep, rank 0 of 2: exchanging the top images, sketches and votes with the other ranks " \
+           "failed, most likely because another rank died" in err0, err0[-2000:]
+    assert not (tmp_path / "out.json").exists()
