@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lavise_fast.explainer import atomic_torch_save
+from lavise_fast._io import atomic_torch_save, read_torch_file
 
 __all__ = ["SweepCheckpoint", "digest"]
 
@@ -64,10 +64,9 @@ class SweepCheckpoint:
         if not self.path.is_file():
             return None
         try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"sweep checkpoint {self.path} is unreadable (truncated or corrupted?): "
-                             f"{type(error).__name__}: {error}; delete it to start the sweep over") from None
+            payload = read_torch_file(self.path, "sweep checkpoint")
+        except ValueError as error:
+            raise ValueError(f"{error}; delete it to start the sweep over") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"{self.path} is not a lavise_fast sweep checkpoint (expected format {FORMAT!r})")
         saved = payload.get("fields", {})

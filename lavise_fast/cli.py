@@ -21,7 +21,6 @@ A bad argument or an unreadable input ends the command with exit status 2 and on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -31,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lavise_fast.demo import ImagesOf, _share
+from lavise_fast._io import atomic_write, atomic_write_json
+from lavise_fast.demo import ImagesOf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
@@ -169,7 +169,9 @@ def _model_layer(model: nn.Module, layer: str | None, sample: torch.Tensor) -> s
 
 class ImageFolderImages(torch.utils.data.Dataset):
     """The images of a folder (and its subfolders), sorted by relative path: item i is the i-th image
-    through :class:`lavise_fast.data.TargetTransform` (resize, centre crop, ImageNet normalisation)."""
+    through :class:`lavise_fast.data.TargetTransform` (resize, centre crop, ImageNet normalisation).
+    A file that does not decode is skipped with a warning naming it: its item is a blank image (zeros,
+    the mean colour), so that the indices stay those of the sorted file list."""
 
     def __init__(self, folder: str | os.PathLike, resize: int | None = 256, crop: int | None = 224,
                  files: list[str] | None = None) -> None:
@@ -190,9 +192,15 @@ class ImageFolderImages(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from lavise_fast.data._common import open_rgb
+        from PIL import Image
 
-        return self.transform(open_rgb(self.folder / self.files[index]))
+        from lavise_fast.data._common import read_image
+
+        image = read_image(self.folder / self.files[index], index, "skip")
+        if image is None:
+            side = self.transform.crop or self.transform.resize or 1
+            return torch.zeros_like(self.transform(Image.new("RGB", (side, side))))
+        return self.transform(image)
 
 
 def _world(spec: dict):
@@ -356,20 +364,6 @@ def _space(glove: str | None):
     return semantics.GloVe(glove) if glove else semantics.default_space()
 
 
-def _write_json(data, path: Path) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-        _share(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_json(path: str, what: str):
     from lavise_fast.data._common import read_json
 
@@ -438,7 +432,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, device=device, seed=args.seed,
                                 feature_cache=args.feature_cache, progress=args.progress)
     explainer.save(out)
-    _share(out)
     print(f"trained an explainer for {layer} ({explainer.channels} filters) of {args.model} on {len(reference)} "
           f"reference images: {len(explainer.seen)} seen and {len(explainer.unseen)} unseen words, "
           f"space {explainer.space}; wrote {out}")
@@ -456,12 +449,9 @@ def _vocabulary(choice: str, explainer, space):
     elif choice == "explainer":
         words = [*explainer.seen, *explainer.unseen]
     else:
-        path = Path(choice)
-        if not path.is_file():
+        if not Path(choice).is_file():
             raise FileNotFoundError(f"--vocabulary {choice!r} is not entities, vg, explainer or an existing file")
-        words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not words:
-            raise CommandError(f"--vocabulary {choice} holds no word")
+        words = vocabularies.read_word_list(choice)
     return Vocabulary.from_words(words, space)
 
 
@@ -494,7 +484,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     result.settings["model"] = {"model": str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model,
                                 "weights": str(Path(args.weights).resolve()) if args.weights else None}
     result.save(out)
-    _share(out)
     print(f"explained {len(result.filters)} filters of {result.settings['layer']} on {result.settings['images']} "
           f"images; wrote {out}")
     for k, words in list(zip(result.filters, result.words, strict=True))[:5]:
@@ -529,7 +518,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights, device)
     evaluation = evaluate(result, model, reference, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
                           device=device, progress=args.progress)
-    _write_json(evaluation, out)
+    atomic_write_json(out, evaluation, indent=1)
     print(f"evaluated {len(result.filters)} filters of {result.settings.get('layer')} on {len(reference)} images "
           f"(IoU > {args.iou_threshold}); wrote {out}")
     print("\n".join(_recall_lines(evaluation)))
@@ -588,9 +577,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                                         "difference"], lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-            table.write_text(buffer.getvalue(), encoding="utf-8")
+            atomic_write(table, buffer.getvalue())
         else:
-            _write_json({"names": list(names), "rows": rows}, table)
+            atomic_write_json(table, {"names": list(names), "rows": rows}, indent=1)
     width = max([len("concept"), *(len(str(r["concept"])) for r in rows)])
     head_a, head_b = (n[:12] for n in names)
     print(f"{'concept':<{width}}  {head_a:>12}  {head_b:>12}  difference")
@@ -793,9 +782,20 @@ _COMMANDS = {
 
 
 def _one_line(error: BaseException) -> str:
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    text = " ".join(str(text).split())
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the original message
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    text = " ".join(text.split())
     return text or type(error).__name__
+
+
+def _warning_line(command: str):
+    """``warnings.showwarning`` for the command line: one line per warning, ``lavise-fast <command>: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"lavise-fast {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -807,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) and bad arguments (2, its message already printed)
         return int(exit_.code or 0)
     try:
-        return _COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line(args.command)
+            return _COMMANDS[args.command](args)
     except KeyError as error:
         print(f"lavise-fast {args.command}: error: missing entry {_one_line(error)!r} in an input file",
               file=sys.stderr)

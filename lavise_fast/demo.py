@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json
 from lavise_fast.data.world import ConceptWorld
 
 __all__ = [
@@ -294,8 +294,6 @@ def _model_key(settings: DemoSettings) -> str:
 
 
 def _atomic_save(payload, path: Path) -> None:
-    from lavise_fast.explainer import atomic_torch_save
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, path)
 
@@ -441,13 +439,10 @@ def run_demo(
     files = {"result": out / "result.json", "evaluation": out / "evaluation.json", "report": out / "report.html",
              "explainer": out / "explainer.pt", "model": out / "model.pt"}
     result.save(files["result"])
-    _write_json(evaluation, files["evaluation"])
+    atomic_write_json(files["evaluation"], evaluation, indent=1)
     explainer.save(files["explainer"])
     if not _save_torchscript(network, files["model"]):
         del files["model"]
-    for name in ("result", "evaluation", "explainer", "model"):  # mkstemp writes 0600; these are for sharing
-        if name in files:
-            _share(files[name])
     # Pictures: 8 top images per filter, fewer and smaller for wide layers (1,280 filters x 8 at 96 px would
     # be ~180 MB of HTML; 2 at 64 px are ~25 MB).
     max_images = max(2, min(8, 2048 // max(1, len(result.filters))))
@@ -478,26 +473,8 @@ def run_demo(
     return summary
 
 
-def _share(path: Path) -> None:
-    """Gives a file written through ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
-
-
-def _write_json(data, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_torchscript(model: nn.Module, path: Path) -> bool:
@@ -509,14 +486,7 @@ def _save_torchscript(model: nn.Module, path: Path) -> bool:
             warnings.simplefilter("ignore")
             scripted = torch.jit.script(nn.Sequential(OrderedDict(model.named_children()))
                                         if isinstance(model, nn.Sequential) else model)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                scripted.save(tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, lambda f: torch.jit.save(scripted, f))
         return True
     except Exception as error:  # TorchScript cannot script every model; the demo goes on without the file
         path.unlink(missing_ok=True)  # not a stale one of another model either

@@ -19,7 +19,6 @@ that as a self-contained SVG.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -28,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from lavise_fast import ops
+from lavise_fast._io import atomic_write
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.explain import ExplainResult
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
@@ -361,12 +361,5 @@ def compare_plot(comparison: list[dict], path: str | os.PathLike, *, top: int = 
                  f"largest bar = {largest:.3f} of the filters</text>")
     parts.append("</svg>\n")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(parts))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, "\n".join(parts))
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from lavise_fast import distributed as distributed_sweep
 from lavise_fast import ops
+from lavise_fast._io import atomic_write_json
 from lavise_fast.checkpoint import SweepCheckpoint, digest
 from lavise_fast.explainer import Explainer
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
@@ -71,15 +72,7 @@ class ExplainResult:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes JSON atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(self), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_json(path, asdict(self))
 
     def report(self, path: str | os.PathLike, **kwargs) -> Path:
         """Writes the self-contained HTML report (words, top images with heatmaps, summary plots) to ``path``;

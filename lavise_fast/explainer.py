@@ -18,26 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json, gist, read_torch_file
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
 
 __all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer", "cache_dir"]
 
 _FORMAT = "lavise_fast.explainer/1"
-
-
-def atomic_torch_save(payload: object, path: str | os.PathLike) -> None:
-    """``torch.save(payload, path)`` through a temporary file in the same folder and a rename, so that
-    ``path`` is never left half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def csmr_loss(
@@ -134,20 +121,28 @@ class Explainer(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Explainer:
-        """Reads an explainer written by :meth:`save`; ValueError naming the file when it is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"explainer file {str(path)!r} does not exist")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path} is not a readable explainer file (truncated or corrupted?): {error}") from None
+        """Reads an explainer written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: naming the file and what is wrong with it (empty, truncated or corrupted,
+                another kind of file, metadata that does not fit the weights).
+        """
+        where = f"explainer file {str(path)!r}"
+        payload = read_torch_file(path, "explainer file", map_location)
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a lavise_fast explainer file (expected format {_FORMAT!r})")
-        config = dict(payload["config"])
-        trained = config.pop("trained")
-        explainer = cls(**config)
-        explainer.load_state_dict(payload["state_dict"])
+            found = (f"format {payload.get('format')!r}" if isinstance(payload, dict) and "format" in payload
+                     else f"a dict of {list(payload)[:4]}" if isinstance(payload, dict) else type(payload).__name__)
+            raise ValueError(f"{where} is not a lavise_fast explainer: expected a dict of format {_FORMAT!r} "
+                             f"(written by Explainer.save), found {found}")
+        try:
+            config = dict(payload["config"])
+            trained = bool(config.pop("trained"))
+            explainer = cls(**config)
+            explainer.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{where} is damaged: its metadata and weights do not make an explainer "
+                             f"({type(error).__name__}: {gist(error)})") from None
         explainer.trained = trained
         return explainer.eval()
 
@@ -194,7 +189,9 @@ def pool_reference(
     model.eval()
     try:
         with LayerFeatures(model, [name]) as tap:
-            for images, masks, rows, names in tqdm(loader, desc="pooling reference", disable=not progress):
+            batches = _reference_batches(loader, batch_size)
+            for images, masks, rows, names in tqdm(batches, total=len(loader), desc="pooling reference",
+                                                   disable=not progress):
                 if not names:
                     continue
                 features = tap(images.to(device))[name]
@@ -217,24 +214,34 @@ def pool_reference(
     return np.load(cache, mmap_mode="r"), labels, name
 
 
+def _reference_batches(loader, batch_size: int):
+    """The loader's batches; a bad item (``collate_reference`` names it by its place in the batch) is
+    reported with the range of reference items that batch holds."""
+    batches, start = iter(loader), 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (ValueError, TypeError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"in the batch of reference items {start} to {start + batch_size - 1}: {error}") from error
+        yield batch
+        start += batch_size
+
+
 def _write_pooled(raw: Path, path: Path, meta_path: Path, shape: tuple[int, int], labels: list[str], key: str) -> None:
     """Turns the raw float32 rows in ``raw`` into the ``.npy`` file ``path`` and its ``.json``, atomically."""
-    import json
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(raw, "rb") as src:
-            np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    def copy(out) -> None:
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        with open(raw, "rb") as src:
             while chunk := src.read(64 << 20):
                 out.write(chunk)
-        os.replace(tmp, path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{meta_path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"format": "lavise_fast.pooled/1", "key": key, "labels": labels}, out)
-        os.replace(tmp, meta_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    meta_path.unlink(missing_ok=True)  # never an old key beside new vectors, should the second write fail
+    atomic_write(path, copy)
+    atomic_write_json(meta_path, {"format": "lavise_fast.pooled/1", "key": key, "labels": labels})
 
 
 def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, list[str]] | None:
@@ -252,7 +259,7 @@ def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, lis
         if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(meta["labels"]):
             raise ValueError(f"shape {vectors.shape} for {len(meta['labels'])} labels")
         return vectors, list(meta["labels"])
-    except (ValueError, KeyError, OSError) as error:
+    except Exception as error:  # any unreadable cache is recomputed, never fatal
         logging.getLogger(__name__).warning("ignoring the unreadable pooled-feature cache %s: %s", path, error)
         return None
 
@@ -400,9 +407,9 @@ def default_explainer(
     if layer is None:
         sample = None
         if loader is not None:
-            from lavise_fast.explain import _images
+            from lavise_fast.loaders import image_batch
 
-            sample = _images(next(iter(loader)))[:1]
+            sample = image_batch(next(iter(loader)))[:1]
         sample = world[0][0][None] if sample is None else sample
         dev = model_device(model, device)
         layer = default_layer(model, sample.to(dev))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavise_fast._io import atomic_write
 from lavise_fast.explainer import Explainer
 from lavise_fast.semantics import Vocabulary
 
@@ -145,15 +145,7 @@ def export_onnx(
                          "one ONNX file: export a smaller vocabulary (or none)")
     onnx.checker.check_model(model, full_check=True)
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, model.SerializeToString())
 
 
 def default_providers() -> list[str]:

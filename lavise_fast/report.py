@@ -27,7 +27,6 @@ import html
 import io
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from lavise_fast._io import atomic_write
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise_fast.layers import LayerFeatures, model_device
 
@@ -703,13 +703,4 @@ def write_report(
     if images is not None and max_images > 0:
         pictures = _pictures(result, images, model, mean, std, int(max_images), int(thumbnail), device, progress)
     text = _page(result, pictures, evaluation, str(title), int(max_images), int(thumbnail), model is not None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from whoever it is shared with
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, text)

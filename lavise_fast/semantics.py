@@ -15,6 +15,7 @@ A :class:`Vocabulary` is the words an explainer may answer with, and their unit 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -23,15 +24,17 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from lavise_fast._io import atomic_write
 
 __all__ = ["WordSpace", "SentenceEncoder", "default_space", "Static", "GloVe", "Vocabulary"]
 
@@ -119,60 +122,101 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
-
-
 def read_word_vectors(path: Path) -> tuple[list[str], np.ndarray]:
-    """Parses a GloVe (``word v1 ... vD``) or word2vec text file (the same after a ``V D`` header).
+    """Parses a GloVe (``word v1 ... vD``) or word2vec text file (the same after a ``V D`` header),
+    UTF-8 (a byte-order mark is ignored). D is set by the header or the first line. A word may hold
+    spaces (``glove.840B`` has a few): the last D fields of a line are its vector. Blank lines are
+    ignored; a repeated word keeps its first vector and a blank word is dropped, both with a warning.
 
     Raises:
-        ValueError: naming the file and line of the first malformed line.
+        ValueError: naming the file and line of the first malformed line (not UTF-8, too few fields,
+            a non-number or a NaN/infinity in a vector), or the file when it holds no vector or fewer
+            or more words than its word2vec header announces.
     """
     words: list[str] = []
     rows: list[np.ndarray] = []
     seen: set[str] = set()
-    duplicates = 0
-    dim = None
-    with path.open("r", encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
+    repeated, blank, lines_with_vectors = [], 0, 0
+    dim = announced = None
+    lineno, ended = 0, True
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            ended = raw.endswith(b"\n")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[error.start]:02x}); expected a GloVe "
+                                 "or word2vec text file (binary word2vec files are not read)") from None
+            parts = line.removeprefix("\ufeff").rstrip("\r\n").rstrip(" ").split(" ")
             if lineno == 1 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-                dim = int(parts[1])  # word2vec header: vocabulary size and dimension
+                announced, dim = int(parts[0]), int(parts[1])  # word2vec header: vocabulary size and dimension
                 continue
             if not line.strip():
                 continue
             if dim is None:
                 dim = len(parts) - 1
-            if len(parts) != dim + 1 or dim < 1:
-                raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields")
-            try:
-                vector = np.asarray(parts[1:], dtype=np.float32)
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: the vector of {parts[0]!r} holds a non-number") from None
-            if parts[0] in seen:
-                duplicates += 1
-                continue
-            seen.add(parts[0])
-            words.append(parts[0])
-            rows.append(vector)
+            word, vector = _vector_line(path, lineno, parts, dim)
+            lines_with_vectors += 1
+            if not word.strip():
+                blank += 1
+            elif word in seen:
+                repeated.append(word)
+            else:
+                seen.add(word)
+                words.append(word)
+                rows.append(vector)
+    if announced is not None and lines_with_vectors != announced:
+        raise ValueError(f"{path}: its word2vec header announces {announced} words, the file holds "
+                         f"{lines_with_vectors}" + (" (truncated?)" if lines_with_vectors < announced else ""))
     if not words:
-        raise ValueError(f"{path}: no word vectors found")
-    if duplicates:
-        log.warning("%s: %d duplicate word(s) skipped (the first vector of each is kept)", path, duplicates)
+        raise ValueError(f"{path}: no word vectors found (expected lines 'word v1 ... vD')")
+    if not ended:
+        warnings.warn(f"{path}: the last line ({lineno}) has no line break: the file may be truncated (its "
+                      "vector is read as it stands)", stacklevel=3)
+    if repeated or blank:
+        warnings.warn(f"{path}: {len(repeated)} duplicate word(s) {repeated[:5]} and {blank} blank word(s) skipped "
+                      "(the first vector of each word is kept)", stacklevel=3)
     return words, np.stack(rows)
+
+
+def _vector_line(path: Path, lineno: int, parts: list[str], dim: int) -> tuple[str, np.ndarray]:
+    """(word, vector float32 [dim]) of one split line of a word-vector file; ValueError naming the line."""
+    if dim < 1 or len(parts) < dim + 1 or any(_is_number(p) for p in parts[1:-dim]):
+        raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields")
+    word = " ".join(parts[:-dim])
+    try:
+        vector = np.asarray(parts[-dim:], dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: the vector of {word!r} holds a non-number") from None
+    if not np.isfinite(vector).all():
+        raise ValueError(f"{path}:{lineno}: the vector of {word!r} holds NaN or infinity")
+    return word, vector
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_glove_cache(words_file: Path, vectors_file: Path) -> tuple[list[str], np.ndarray] | None:
+    """The words and vectors a GloVe cache holds, or None (logged) when it is missing or unreadable."""
+    if not (words_file.is_file() and vectors_file.is_file()):
+        return None
+    try:
+        words = words_file.read_text(encoding="utf-8").split("\n")
+        vectors = np.load(vectors_file, allow_pickle=False)
+        if vectors.dtype != np.float32 or vectors.shape[:1] != (len(words),) or vectors.ndim != 2:
+            raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype} for {len(words)} words")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors that are not finite")
+    except Exception as error:  # any unreadable cache is parsed again, never fatal
+        log.warning("ignoring the unreadable GloVe cache %s (%s: %s); the text file is parsed again",
+                    vectors_file, type(error).__name__, error)
+        return None
+    return words, vectors
 
 
 class GloVe(Static):
@@ -180,7 +224,9 @@ class GloVe(Static):
 
     The first load parses the text and writes ``<file>.<hash>.words.txt`` and
     ``<file>.<hash>.npy`` beside it (``hash`` = the file's SHA-1), so later loads skip the parse;
-    ``cache=False`` never writes. Duplicate words keep their first vector.
+    ``cache=False`` never writes. The text is read by :func:`read_word_vectors`: a malformed file
+    raises ``ValueError`` naming the file and line, duplicate words keep their first vector (with a
+    warning). A cache that cannot be read back is logged, ignored and rewritten.
     """
 
     def __init__(self, path: str | os.PathLike, cache: bool = True) -> None:
@@ -190,15 +236,15 @@ class GloVe(Static):
         key = _fingerprint(path)
         words_file = path.with_name(f"{path.name}.{key}.words.txt")
         vectors_file = path.with_name(f"{path.name}.{key}.npy")
-        if words_file.is_file() and vectors_file.is_file():
-            words = words_file.read_text(encoding="utf-8").split("\n")
-            vectors = np.load(vectors_file)
+        cached = _read_glove_cache(words_file, vectors_file)
+        if cached is not None:
+            words, vectors = cached
         else:
             words, vectors = read_word_vectors(path)
             if cache:
                 try:
-                    _write_atomic(vectors_file, lambda tmp: _save_npy(tmp, vectors))
-                    _write_atomic(words_file, lambda tmp: Path(tmp).write_text("\n".join(words), encoding="utf-8"))
+                    atomic_write(vectors_file, lambda f: np.save(f, vectors))
+                    atomic_write(words_file, "\n".join(words))
                 except OSError as error:
                     log.warning("could not cache %s beside it (%s); it will be parsed again next time", path, error)
         super().__init__(words, vectors, name=f"GloVe({path.name})")
@@ -251,9 +297,8 @@ def _model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save_npz(path: str, words: list[str], vectors: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, format=np.int64(_CACHE_FORMAT), words=np.asarray(words, dtype=str), vectors=vectors)
+def _save_npz(f, words: list[str], vectors: np.ndarray) -> None:
+    np.savez(f, format=np.int64(_CACHE_FORMAT), words=np.asarray(words, dtype=str), vectors=vectors)
 
 
 class SentenceEncoder:
@@ -388,7 +433,7 @@ class SentenceEncoder:
         vectors = torch.stack([self._memo[w] for w in unique]).numpy()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, lambda tmp: _save_npz(tmp, unique, vectors))
+            atomic_write(path, lambda f: _save_npz(f, unique, vectors))
         except OSError as error:
             log.warning("could not cache %d embeddings in %s (%s); they will be computed again",
                         len(unique), path, error)
@@ -478,30 +523,62 @@ def default_space() -> SentenceEncoder:
 
 
 class Vocabulary:
-    """The words an explainer answers with (``words``, list of str) and their unit vectors
-    (``vectors`` [V, D] float32) in one space, named ``space`` ("" when unknown); ``explain``
-    refuses a vocabulary whose space is not the explainer's."""
+    """The words an explainer answers with (``words``, list of distinct non-empty str) and their unit
+    vectors (``vectors`` [V, D] float32, finite) in one space, named ``space`` ("" when unknown);
+    ``explain`` refuses a vocabulary whose space is not the explainer's."""
 
     def __init__(self, words: Sequence[str], vectors: torch.Tensor, space: str = "") -> None:
-        if vectors.dim() != 2 or vectors.shape[0] != len(words):
-            raise ValueError(f"vectors must have shape [{len(words)}, D], got {tuple(vectors.shape)}")
-        self.words = list(words)
+        if isinstance(words, str):
+            raise TypeError(f"words must be a list of words, got the string {words!r}")
+        words = list(words)
+        for i, word in enumerate(words):
+            if not isinstance(word, str) or not word.strip():
+                raise ValueError(f"words[{i}] must be a non-empty string, got {word!r}")
+        repeated = [w for w, n in collections.Counter(words).items() if n > 1]
+        if repeated:
+            raise ValueError(f"words must be distinct; {repeated[:10]} repeat (Vocabulary.from_words drops repeats)")
+        if not torch.is_tensor(vectors) or vectors.dim() != 2 or vectors.shape[0] != len(words):
+            shape = tuple(vectors.shape) if torch.is_tensor(vectors) else type(vectors).__name__
+            raise ValueError(f"vectors must be a tensor of shape [{len(words)}, D], got {shape}")
+        if not torch.isfinite(vectors).all():
+            raise ValueError("vectors must be finite (found NaN or infinity)")
+        self.words = words
         self.vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
         self.space = space
 
     @classmethod
     def from_words(cls, words: Iterable[str], space: WordSpace) -> Vocabulary:
-        """The words of ``words`` that ``space`` knows (first occurrence, order kept); the others are
-        reported through logging and skipped. ValueError when the space knows none of them.
-        The known words are embedded with one ``space.encode`` call."""
-        unique = list(dict.fromkeys(w.strip() for w in words if w and w.strip()))
+        """The words of ``words`` that ``space`` knows, embedded with one ``space.encode`` call.
+
+        Surrounding blanks are stripped and blank entries ignored; a repeated word is kept once, at
+        its first place (``words`` may be per-object labels, so repeats are normal here; the word-list
+        *files* of :func:`lavise_fast.vocabularies.read_word_list` warn about theirs). Words are
+        compared as given: no case folding, no Unicode normalisation; any UTF-8 word works in a
+        space that knows it (:class:`SentenceEncoder` knows every word). The words ``space`` lacks
+        are skipped with a warning that counts them and names the first ten.
+
+        Raises:
+            TypeError: ``words`` is a single string, or holds something that is not a string.
+            ValueError: no word is left, or the space knows none of them.
+        """
+        if isinstance(words, str):
+            raise TypeError(f"words must be a list of words, got the string {words!r}")
+        unique: dict[str, None] = {}
+        for i, word in enumerate(words):
+            if not isinstance(word, str):
+                raise TypeError(f"words[{i}] must be a string, got {type(word).__name__} {word!r}")
+            if word.strip():
+                unique.setdefault(word.strip(), None)
+        if not unique:
+            raise ValueError("words holds no word (every entry is empty or blank)")
         known = [w for w in unique if w in space]
-        missing = len(unique) - len(known)
+        name = getattr(space, "name", "given")
         if not known:
-            raise ValueError(f"none of the {len(unique)} words is in the {getattr(space, 'name', 'given')} space")
-        if missing:
-            skipped = [w for w in unique if w not in space][:10]
-            log.warning("%d of %d words are not in the space and are skipped, e.g. %s", missing, len(unique), skipped)
+            raise ValueError(f"none of the {len(unique)} words is in the {name} space, e.g. {list(unique)[:5]}")
+        if len(known) < len(unique):
+            skipped = [w for w in unique if w not in space]
+            warnings.warn(f"{len(skipped)} of {len(unique)} words are not in the {name} space and are skipped, "
+                          f"e.g. {skipped[:10]}", stacklevel=2)
         return cls(known, space.encode(known), space=getattr(space, "name", ""))
 
     def __len__(self) -> int:

@@ -151,14 +151,20 @@ def test_model_errors_exit_2(capsys, tmp_path, explainer_file, files):
     assert "TorchScript" in line
 
 
-def test_corrupted_image_in_folder_exits_2(capsys, tmp_path, files, explainer_file):
+def test_corrupted_image_in_folder_is_skipped_with_a_one_line_warning(capsys, tmp_path, files, explainer_file):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "a.png")
     (folder / "b.png").write_bytes(b"\x89PNG truncated")
-    line = one_line_error(capsys, "explain", "--model", files["model"], "--explainer", explainer_file, "--images",
-                          str(folder), "--no-progress", "--out", str(tmp_path / "r.json"))
-    assert "b.png" in line
+    out = tmp_path / "r.json"
+    code, _, err = run(capsys, "explain", "--model", files["model"], "--explainer", explainer_file, "--images",
+                       str(folder), "--vocabulary", "explainer", "--no-progress", "--out", str(out))
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lavise-fast explain: warning: skipped item 1: image file ") and "b.png" in lines[0]
+    result = ExplainResult.load(out)
+    assert result.settings["images"] == 2 and result.settings["target"]["files"] == ["a.png", "b.png"]
 
 
 def test_evaluate_refuses_an_image_folder_target(capsys, tmp_path, files, explainer_file):

@@ -362,8 +362,10 @@ def test_coco_errors_name_the_file(coco, tmp_path):
     with pytest.raises(FileNotFoundError, match="image file .*000000000002.jpg.* does not exist"):
         dataset[1]
     (images_dir / "000000000003.png").write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning, match="skipped item 2: image file .*000000000003.png.* cannot be read as an image"):
+        assert dataset[2][2] == []
     with pytest.raises(ValueError, match="image file .*000000000003.png.* cannot be read as an image"):
-        dataset[2]
+        CocoInstances(images_dir, annotation_file, on_bad_image="raise")[2]
     _save(_random_image(12, 16), images_dir / "000000000003.png")
     with pytest.raises(ValueError, match=r"000000000003.png.* is 16x12 .* says 16x16"):
         dataset[2]

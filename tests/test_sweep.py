@@ -141,7 +141,8 @@ def test_a_checkpoint_of_another_sweep_or_a_damaged_one_is_refused(world, tmp_pa
                 top_images=4, words_per_image=3, checkpoint=folder, progress=False)
     data = (folder / "sweep.pt").read_bytes()
     (folder / "sweep.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"sweep checkpoint .*sweep\.pt is unreadable \(truncated or corrupted\?\)"):
+    with pytest.raises(ValueError, match=r"sweep checkpoint '.*sweep\.pt' is not a file written by torch.save: no "
+                                         r"complete zip archive \(truncated.*delete it to start the sweep over"):
         run(world, setup.RandomImages(12), checkpoint=folder)
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"checkpoint=.* must be a folder"):

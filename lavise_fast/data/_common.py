@@ -5,25 +5,37 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
-    """The parsed JSON of ``path``; FileNotFoundError / ValueError naming the file (``what`` says what it is)."""
+    """The parsed JSON of ``path``; FileNotFoundError / ValueError naming the file (``what`` says what it is)
+    and, for a file that stops in the middle of the JSON, that it looks truncated."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist (or is not a file)")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {error}") from None
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{what} {str(path)!r} is not UTF-8 JSON text (byte {error.start} is 0x{error.object[error.start]:02x})"
+        ) from None
     except OSError as error:
         raise ValueError(f"{what} {str(path)!r} cannot be read: {error}") from None
+    if not text.strip():
+        raise ValueError(f"{what} {str(path)!r} is empty; expected JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        ends_early = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
+        hint = " (it ends early: truncated?)" if ends_early else ""
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON{hint}: {error}") from None
 
 
 def check_dir(path: str | os.PathLike, argument: str) -> Path:
@@ -40,8 +52,44 @@ def open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"image file {str(path)!r} cannot be read as an image: {error}") from None
+
+
+BAD_IMAGE_POLICIES = ("skip", "raise")
+
+
+def check_bad_image_policy(on_bad_image: str) -> str:
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+    return on_bad_image
+
+
+def read_image(path: Path, index: int, on_bad_image: str) -> Image.Image | None:
+    """:func:`open_rgb`, except that with ``on_bad_image="skip"`` a file that exists but does not decode
+    gives a warning naming it and None (a missing file always raises: it means a wrong folder)."""
+    try:
+        return open_rgb(path)
+    except ValueError as error:
+        if on_bad_image == "raise":
+            raise
+        warnings.warn(f"skipped item {index}: {error}; a blank image with no object stands in its place", stacklevel=3)
+        return None
+
+
+def blank_item(transform: Any, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The item that stands for a skipped image: zeros (the mean colour once normalised) of the shape the
+    transform gives a ``height`` x ``width`` image, no mask, no label."""
+    masks = torch.zeros((0, height, width), dtype=torch.bool)
+    if transform is None:
+        return torch.zeros(3, height, width), masks, []
+    image, masks = transform(Image.new("RGB", (width, height)), masks)
+    return torch.zeros_like(image), masks, []
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def box_mask(

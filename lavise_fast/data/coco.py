@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from lavise_fast.data._common import box_mask, check_dir, open_rgb, read_json
+from lavise_fast.data._common import (
+    blank_item,
+    box_mask,
+    check_bad_image_policy,
+    check_dir,
+    is_number,
+    read_image,
+    read_json,
+)
 from lavise_fast.data.transforms import DEFAULT_REFERENCE_TRANSFORM, PairTransform, TargetTransform
 
 __all__ = ["CocoInstances"]
@@ -47,9 +55,13 @@ class CocoInstances(torch.utils.data.Dataset):
     - ``categories``: names of the categories to keep (default: all).
 
     Images are read with PIL and converted to RGB; the size stored in the file must match the
-    image's. ``transform(image: PIL.Image, masks: bool tensor [M, H, W]) -> (image, masks)``, by
-    default the official LaViSE one (:class:`ReferenceTransform`: resize 256, crop 224, ImageNet
-    normalisation). Errors name the annotation file, the image file or the argument at fault.
+    image's. An image file that exists but does not decode (truncated, corrupted, not an image) is
+    skipped with a warning naming it (``on_bad_image="skip"``, the default: the item is a blank
+    image, zeros after the transform, with M = 0, so that indices stay those of the file) or raises
+    ``ValueError`` (``on_bad_image="raise"``); a missing image file always raises.
+    ``transform(image: PIL.Image, masks: bool tensor [M, H, W]) -> (image, masks)``, by default the
+    official LaViSE one (:class:`ReferenceTransform`: resize 256, crop 224, ImageNet normalisation).
+    Errors name the annotation file, the image file or the argument at fault.
 
     Attributes: ``coco`` (the pycocotools ``COCO`` index), ``ids`` (image ids, item order),
     ``category_names`` (category id -> name).
@@ -63,7 +75,9 @@ class CocoInstances(torch.utils.data.Dataset):
         *,
         categories: Iterable[str] | None = None,
         skip_empty: bool = False,
+        on_bad_image: str = "skip",
     ) -> None:
+        self.on_bad_image = check_bad_image_policy(on_bad_image)
         self.image_dir = check_dir(image_dir, "image_dir")
         self.annotation_file = Path(annotation_file)
         self.transform = transform
@@ -108,7 +122,20 @@ class CocoInstances(torch.utils.data.Dataset):
                 )
             height, width = image["height"], image["width"]
             if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
-                raise ValueError(f"COCO annotation file {where}: images[{n}] has a bad height/width")
+                raise ValueError(
+                    f"COCO annotation file {where}: images[{n}] has a bad height/width: expected positive "
+                    f"integers, got {height!r} x {width!r}"
+                )
+            if not (_is_int(image["id"]) or isinstance(image["id"], str)):
+                raise ValueError(
+                    f"COCO annotation file {where}: images[{n}] has a bad id {image['id']!r} (expected an integer)"
+                )
+            if image["id"] in image_ids:
+                raise ValueError(f"COCO annotation file {where}: images[{n}] repeats the id {image['id']!r}")
+            if not isinstance(image["file_name"], str) or not image["file_name"].strip():
+                raise ValueError(
+                    f"COCO annotation file {where}: images[{n}] has a bad file_name {image['file_name']!r}"
+                )
             image_ids.add(image["id"])
         category_ids = set()
         for n, category in enumerate(data.get("categories", [])):
@@ -129,6 +156,14 @@ class CocoInstances(torch.utils.data.Dataset):
                 )
             if not ann.get("segmentation") and not ann.get("bbox"):
                 raise ValueError(f"COCO annotation file {where}: {name} has neither 'segmentation' nor 'bbox'")
+            bbox = ann.get("bbox")
+            if not ann.get("segmentation") and not (
+                isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
+            ):
+                raise ValueError(
+                    f"COCO annotation file {where}: {name} has no segmentation and a bad bbox "
+                    f"{bbox!r} (expected [x, y, width, height], finite numbers)"
+                )
 
     def _counts(self, ann: dict) -> bool:
         return not ann.get("iscrowd", 0) and ann["category_id"] in self._selected
@@ -165,8 +200,10 @@ class CocoInstances(torch.utils.data.Dataset):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
-        image = open_rgb(path)
         height, width = info["height"], info["width"]
+        image = read_image(path, index, self.on_bad_image)
+        if image is None:
+            return blank_item(self.transform, height, width)
         if image.size != (width, height):
             raise ValueError(
                 f"image file {str(path)!r} is {image.width}x{image.height} (width x height), but "

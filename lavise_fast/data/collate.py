@@ -17,7 +17,11 @@ def collate_reference(
     Returns ``(images [B, 3, H, W], masks [sum M, h, w] bool, rows [sum M] int64, labels list[str])``:
     ``rows[m]`` is the position in the batch of the image that mask ``m`` belongs to and ``labels[m]``
     its name. Items may hold no object (M = 0). All images must share one shape, and all masks one
-    ``h, w`` (usually the image's). Use it as a DataLoader's ``collate_fn``.
+    ``h, w``: the image's ``H, W``, or a resized copy of it (the same aspect ratio, to a pixel;
+    ``masked_pool`` resizes masks to the feature grid anyway). Use it as a DataLoader's ``collate_fn``.
+
+    Raises:
+        TypeError, ValueError: naming the item (its place in the batch) and what is wrong with it.
     """
     if len(items) == 0:
         raise ValueError("collate_reference needs at least one item, got an empty batch")
@@ -47,6 +51,12 @@ def collate_reference(
                 f"item {b}: an item has masks of shape {tuple(item_masks.shape)} for {len(item_labels)} labels; "
                 "expected one [H, W] mask per label"
             )
+        if len(item_labels) and not _covers_image(tuple(item_masks.shape[1:]), tuple(image.shape[1:])):
+            raise ValueError(
+                f"item {b}: masks of size {tuple(item_masks.shape[1:])} for an image of size {tuple(image.shape[1:])}; "
+                "expected the image's size or a resized copy of it (same aspect ratio): transform the image and "
+                "its masks together, e.g. with ReferenceTransform()"
+            )
         if masks and item_masks.shape[1:] != masks[0].shape[1:]:
             raise ValueError(
                 f"item {b}: masks of size {tuple(item_masks.shape[1:])}, but item 0 has {tuple(masks[0].shape[1:])}; "
@@ -60,3 +70,10 @@ def collate_reference(
         rows += [b] * len(item_labels)
         labels += item_labels
     return torch.stack(images), torch.cat(masks), torch.tensor(rows, dtype=torch.long), labels
+
+
+def _covers_image(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Whether masks of ``mask_size`` (h, w) can be the image's (H, W) resized: both sides at least one
+    pixel and the aspect ratio the same to within a pixel (|h W - w H| <= max(H, W))."""
+    (h, w), (height, width) = mask_size, image_size
+    return h >= 1 and w >= 1 and abs(h * width - w * height) <= max(height, width)

@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lavise_fast.data._common import box_mask, check_dir, open_rgb, read_json
+from lavise_fast.data._common import (
+    blank_item,
+    box_mask,
+    check_bad_image_policy,
+    check_dir,
+    is_number,
+    read_image,
+    read_json,
+)
 from lavise_fast.data.transforms import DEFAULT_REFERENCE_TRANSFORM, PairTransform, TargetTransform
 
 __all__ = ["VisualGenomeObjects", "normalize_name"]
@@ -26,8 +34,8 @@ def normalize_name(name: str) -> str:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {value!r}")
+    if not is_number(value):
+        raise TypeError(f"expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -57,7 +65,10 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
     Image files are ``image_dir / filename.format(image_id=...)`` (``"<image_id>.jpg"``, as in
     Visual Genome's ``VG_100K``); ``image_dir`` may be a list of directories (``VG_100K``,
     ``VG_100K_2``), searched in order. ``transform(image: PIL.Image, masks [M, H, W]) -> (image, masks)``,
-    by default the official one (:class:`ReferenceTransform`). Errors name the file at fault.
+    by default the official one (:class:`ReferenceTransform`). Errors name the file at fault. An image
+    file that exists but does not decode is skipped with a warning naming it (``on_bad_image="skip"``,
+    the default: the item is a blank image, zeros after the transform, of 256 x 256 pixels before it,
+    with M = 0) or raises ``ValueError`` (``on_bad_image="raise"``); a missing one always raises.
 
     Attributes: ``ids`` (image ids, item order), ``labels`` (the counted names, or None for all).
     """
@@ -71,7 +82,16 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
         *,
         skip_empty: bool = False,
         filename: str = "{image_id}.jpg",
+        on_bad_image: str = "skip",
     ) -> None:
+        self.on_bad_image = check_bad_image_policy(on_bad_image)
+        try:
+            filename.format(image_id=1)
+        except (KeyError, IndexError, ValueError, AttributeError) as error:
+            raise ValueError(
+                f"filename must be a format string with the field {{image_id}} only, got {filename!r} "
+                f"({type(error).__name__}: {error})"
+            ) from None
         dirs = [image_dir] if isinstance(image_dir, (str, os.PathLike)) else list(image_dir)
         if not dirs:
             raise ValueError("image_dir must name at least one directory")
@@ -166,7 +186,9 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
         if not path.is_file():
             tried = ", ".join(repr(str(d / path.name)) for d in self.image_dirs)
             raise FileNotFoundError(f"image file {tried} does not exist (from {str(self.objects_json)!r})")
-        image = open_rgb(path)
+        image = read_image(path, index, self.on_bad_image)
+        if image is None:
+            return blank_item(self.transform, 256, 256)
         width, height = image.size
         masks = np.zeros((len(names), height, width), dtype=bool)
         for (x, y, w, h), k in zip(boxes.tolist(), owner.tolist(), strict=True):

@@ -12,11 +12,9 @@ word: an object gives the same visible mask to its colour, its shape and its pat
 from __future__ import annotations
 
 import functools
-import json
 import math
 import operator
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lavise_fast._io import atomic_write, atomic_write_json
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
@@ -369,15 +368,7 @@ class ConceptWorld(torch.utils.data.Dataset):
             "annotations": annotations,
             "categories": [{"id": k, "name": w, "supercategory": _kind(self, w)} for w, k in category.items()],
         }
-        target = root / "annotations.json"
-        handle, temporary = tempfile.mkstemp(dir=root, prefix=".annotations.", suffix=".json.tmp")
-        try:
-            with os.fdopen(handle, "w") as f:
-                json.dump(document, f)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        target = atomic_write_json(root / "annotations.json", document)
         return images_dir, target
 
 
@@ -434,13 +425,7 @@ def _kind(world: ConceptWorld, word: str) -> str:
 
 
 def _atomic_image(image, path: Path, fmt: str, options: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(temporary, format=fmt, **options)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: image.save(f, format=fmt, **options))
 
 
 # ---------------------------------------------------------------------- rendering
