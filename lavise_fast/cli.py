@@ -350,6 +350,24 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
+def _join_process_group(device: torch.device, timeout: float) -> torch.device:
+    """``explain --distributed``: joins the process group that torchrun describes in the environment
+    (NCCL on GPUs, each rank on the GPU of its LOCAL_RANK; gloo on CPUs) and returns the rank's device."""
+    import datetime
+    import os
+
+    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise CommandError(f"--distributed runs under torchrun (e.g. torchrun --nproc-per-node 4 -m lavise_fast.cli "
+                           f"explain ... --distributed); {', '.join(missing)} missing from the environment")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                         timeout=datetime.timedelta(seconds=timeout))
+    return device
+
+
 def _output(path: str) -> Path:
     out = Path(path)
     if out.is_dir():
@@ -464,6 +482,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise CommandError("give the target images: --images DIR, --coco IMAGE_DIR ANNOTATIONS or --world N")
     out = _output(args.out)
     device = _device(args.device)
+    if args.distributed:
+        device = _join_process_group(device, args.timeout)
     explainer = Explainer.load(args.explainer)
     space = _space(args.glove)
     if explainer.space and explainer.space != space.name:
@@ -477,9 +497,22 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                                          num_workers=args.workers)
     wanted = args.layer or explainer.layer or None
     layer = None if wanted is None else _model_layer(model, wanted, None)
-    result = explain(model, loader, explainer, layer=layer, filters=args.filters, method=args.method,
-                     top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
-                     vocabulary=vocabulary, device=device, progress=args.progress)
+    try:
+        result = explain(model, loader, explainer, layer=layer, filters=args.filters, method=args.method,
+                         top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
+                         vocabulary=vocabulary, device=device, checkpoint=args.checkpoint,
+                         checkpoint_every=args.checkpoint_every, distributed=args.distributed,
+                         progress=args.progress)
+    except RuntimeError as error:
+        if args.distributed and str(error).startswith("distributed sweep"):
+            raise CommandError(str(error)) from None
+        raise
+    finally:
+        if args.distributed:
+            rank = torch.distributed.get_rank()
+            torch.distributed.destroy_process_group()
+    if args.distributed and rank != 0:
+        return 0  # every rank holds the result; rank 0 writes it
     result.settings["target"] = spec
     result.settings["model"] = {"model": str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model,
                                 "weights": str(Path(args.weights).resolve()) if args.weights else None}
@@ -633,7 +666,11 @@ _EXAMPLES = {
   lavise-fast explain --model lavise-demo/model.pt --explainer lavise-demo/explainer.pt \\
       --world 500 --world-image-size 64 --vocabulary explainer --num-words 20 --out result.json
   lavise-fast explain --model traced.pt --explainer explainer.pt --images photos/ --filters 0-31 \\
-      --method activation --top-images 50 --out result.json""",
+      --method activation --top-images 50 --out result.json
+  lavise-fast explain --model resnet50 --weights r50.pth --explainer e.pt --images imagenet/val/ \\
+      --checkpoint sweep-ckpt/ --out result.json             # run it again after a crash to resume
+  torchrun --nproc-per-node 4 -m lavise_fast.cli explain --distributed --model resnet50 --weights r50.pth \\
+      --explainer e.pt --images imagenet/val/ --out result.json""",
     "evaluate": """examples:
   lavise-fast evaluate --model lavise-demo/model.pt --result lavise-demo/result.json --out evaluation.json
   lavise-fast evaluate --model resnet18 --weights resnet18.pth --result result.json \\
@@ -722,6 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--num-words", type=_positive, default=10, metavar="N", help="words kept per filter (10)")
     explain.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
     explain.add_argument("--workers", type=_non_negative, default=0, help="DataLoader workers reading images (0)")
+    explain.add_argument("--checkpoint", metavar="DIR", help="save the sweep's state in this folder and resume "
+                         "from it after a crash (the same command again)")
+    explain.add_argument("--checkpoint-every", type=_positive, default=100, metavar="N",
+                         help="batches between checkpoints (100)")
+    explain.add_argument("--distributed", action="store_true", help="run as one rank of a torchrun job: each rank "
+                         "reads its share of the images, rank 0 writes the merged result (NCCL on GPUs, gloo on CPUs)")
+    explain.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
+                         help="with --distributed: how long a rank waits for the others before failing (1800)")
     explain.add_argument("--out", required=True, metavar="FILE", help="the result file to write (.json)")
     _add_common(explain)
 

@@ -196,7 +196,7 @@ def explain(
     device = model_device(model, device)
     model.eval()
     many = isinstance(layer, (list, tuple)) or isinstance(explainer, (list, tuple, Mapping))
-    explainers = _explainers_for(model, loader, explainer, layer, device, progress)
+    explainers = _explainers_for(model, loader, explainer, layer, device, distributed, progress)
     names = list(explainers)
     if not isinstance(head, str) and len(names) > 1:
         raise ValueError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
@@ -309,7 +309,7 @@ def _result(sweep: LayerSweep, vocabulary: Vocabulary, explainer: Explainer, thr
                          [t[k] for k in sweep.chosen], settings)
 
 
-def _explainers_for(model, loader, explainer, layer, device, progress) -> dict[str, Explainer]:
+def _explainers_for(model, loader, explainer, layer, device, distributed, progress) -> dict[str, Explainer]:
     """{layer name: explainer} from explain's ``explainer`` and ``layer`` arguments, in order."""
     specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not specs:
@@ -331,7 +331,8 @@ def _explainers_for(model, loader, explainer, layer, device, progress) -> dict[s
             if explainer is None:
                 from lavise_fast.explainer import default_explainer
 
-                expl = default_explainer(model, loader, layer=spec, device=device, progress=progress)
+                expl = default_explainer(model, loader, layer=spec, device=device, distributed=distributed,
+                                         progress=progress)
                 pairs.append((expl.layer, expl))
             else:
                 pairs.append((explainer.layer if spec is None else resolve_layer(model, spec)[0], explainer))

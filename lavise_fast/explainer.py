@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavise_fast import distributed as distributed_sweep
 from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json, gist, read_torch_file
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
@@ -157,6 +158,7 @@ def pool_reference(
     cache: str | os.PathLike | None = None,
     num_workers: int = 0,
     device: torch.device | str | None = None,
+    distributed: bool = False,
     progress: bool = True,
 ) -> tuple[torch.Tensor | np.ndarray, list[str], str]:
     """Runs the frozen model ONCE over the reference set and pools the layer's features under
@@ -167,31 +169,44 @@ def pool_reference(
     the model's weights, the layer and the set's length), so that sets larger than memory train
     too and a second call with the same model, layer and set reads the file instead of running
     the model.
+
+    ``distributed``: the ranks of the initialised ``torch.distributed`` process group each pool
+    their share of the items (r, r + W, ...), then gather every rank's rows back into the items'
+    order, so every rank returns what one process would (in memory; rank 0 writes ``cache``).
     """
     from tqdm import tqdm
 
     from lavise_fast import ops
 
     name = resolve_layer(model, layer)[0]
+    shard = distributed_sweep.current_shard() if distributed else None
     meta_path = key = None
     if cache is not None:
         cache = Path(cache)
         meta_path = cache.with_name(cache.name + ".json")
         key = _fingerprint(model, name, len(reference), type(reference).__qualname__)
         cached = _read_pooled(cache, meta_path, key)
+        if shard is not None and not all(distributed_sweep.all_gather(cached is not None, "the cache's presence")):
+            cached = None  # every rank takes the same path
         if cached is not None:
             return cached[0], cached[1], name
     device = model_device(model, device)
-    loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    items = reference
+    if shard is not None:
+        items = torch.utils.data.Subset(reference, distributed_sweep.shard_indices(len(reference), shard).tolist())
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_reference)
-    vectors, labels = [], []
-    raw = tempfile.NamedTemporaryFile(dir=cache.parent, prefix=f".{cache.name}.", suffix=".raw") if cache else None
+    vectors, labels, counts = [], [], []
+    raw = None
+    if cache is not None and shard is None:
+        raw = tempfile.NamedTemporaryFile(dir=cache.parent, prefix=f".{cache.name}.", suffix=".raw")
     model.eval()
     try:
         with LayerFeatures(model, [name]) as tap:
             batches = _reference_batches(loader, batch_size)
             for images, masks, rows, names in tqdm(batches, total=len(loader), desc="pooling reference",
                                                    disable=not progress):
+                counts.append(torch.bincount(rows, minlength=len(images)))
                 if not names:
                     continue
                 features = tap(images.to(device))[name]
@@ -202,12 +217,16 @@ def pool_reference(
                     vectors.append(pooled)
                 labels += names
                 channels = pooled.shape[1]
+        if shard is not None:
+            vectors, labels = _in_item_order(vectors, labels, counts, len(reference))
+            if labels and cache is not None and shard.rank == 0:
+                _write_pooled(vectors[0], cache, meta_path, labels, key)
         if not labels:
             raise ValueError("the reference set holds no object (no mask with a label)")
         if raw is None:
             return torch.cat(vectors), labels, name
         raw.flush()
-        _write_pooled(Path(raw.name), cache, meta_path, (len(labels), channels), labels, key)
+        _write_pooled(Path(raw.name), cache, meta_path, labels, key, (len(labels), channels))
     finally:
         if raw is not None:
             raw.close()
@@ -230,12 +249,37 @@ def _reference_batches(loader, batch_size: int):
         start += batch_size
 
 
-def _write_pooled(raw: Path, path: Path, meta_path: Path, shape: tuple[int, int], labels: list[str], key: str) -> None:
-    """Turns the raw float32 rows in ``raw`` into the ``.npy`` file ``path`` and its ``.json``, atomically."""
+def _in_item_order(vectors: list[torch.Tensor], labels: list[str], counts: list[torch.Tensor],
+                   length: int) -> tuple[list[torch.Tensor], list[str]]:
+    """Every rank's pooled rows (of its items r, r + W, ...; ``counts`` objects per item) gathered and
+    put back in the order of the items: ([vectors [objects, C]] or [], labels)."""
+    mine = (torch.cat(vectors) if vectors else None, labels,
+            torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64))
+    gathered = distributed_sweep.all_gather(mine, "the pooled reference features")
+    starts = [(torch.cumsum(c, 0) - c).tolist() for _, _, c in gathered]
+    world = len(gathered)
+    parts, ordered = [], []
+    for i in range(length):
+        rank, j = i % world, i // world
+        rows, names, count = gathered[rank]
+        n, start = int(count[j]), starts[rank][j]
+        if n:
+            parts.append(rows[start : start + n])
+            ordered += names[start : start + n]
+    return ([torch.cat(parts)] if parts else []), ordered
+
+
+def _write_pooled(rows: Path | torch.Tensor, path: Path, meta_path: Path, labels: list[str], key: str,
+                  shape: tuple[int, int] | None = None) -> None:
+    """Writes the pooled vectors (a tensor, or the raw float32 rows of ``shape`` in the file ``rows``) to
+    the ``.npy`` file ``path`` and the labels to its ``.json``, atomically."""
 
     def copy(out) -> None:
+        if torch.is_tensor(rows):
+            np.save(out, rows.numpy())
+            return
         np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
-        with open(raw, "rb") as src:
+        with open(rows, "rb") as src:
             while chunk := src.read(64 << 20):
                 out.write(chunk)
 
@@ -283,6 +327,7 @@ def train_explainer(
     device: torch.device | str | None = None,
     seed: int = 0,
     feature_cache: str | os.PathLike | None = None,
+    distributed: bool = False,
     progress: bool = True,
 ) -> Explainer:
     """Trains a LaViSE explainer for ``layer`` of the frozen ``model`` on ``reference`` items
@@ -291,7 +336,8 @@ def train_explainer(
     The model runs once over the reference set: every (image, object) becomes one
     ``masked_pool`` vector, kept in memory, or with ``feature_cache`` (a ``.npy`` path) in a
     memory-mapped file that a later call with the same model, layer and set reuses (see
-    :func:`pool_reference`); the head then trains on those vectors. A seeded
+    :func:`pool_reference`; with ``distributed`` the ranks of the process group share that pass
+    and every rank gets rank 0's head); the head then trains on those vectors. A seeded
     ``anno_rate`` share of the label words (those ``space`` knows) are *seen* and supervise;
     the others are recorded as *unseen*. 10 % of the seen objects are held out; the head with
     the best held-out loss is kept, and the learning rate is halved when that loss stalls.
@@ -310,7 +356,7 @@ def train_explainer(
     from lavise_fast.semantics import Vocabulary
 
     vectors, labels, layer_name = pool_reference(model, reference, layer, cache=feature_cache, device=device,
-                                                 progress=progress)
+                                                 distributed=distributed, progress=progress)
     vocabulary = Vocabulary.from_words(labels, space)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(vocabulary.words), generator=generator).tolist()
@@ -358,6 +404,8 @@ def train_explainer(
         scheduler.step(score)
         if score < best:
             best, best_state = score, {k: v.detach().clone() for k, v in expl.state_dict().items()}
+    if distributed:  # the ranks trained on the same rows with the same seed; rank 0's head is the one
+        best_state = distributed_sweep.all_gather({k: v.cpu() for k, v in best_state.items()}, "the trained head")[0]
     expl.load_state_dict(best_state)
     expl.trained = True
     return expl.eval().cpu()
@@ -389,6 +437,7 @@ def default_explainer(
     world_size: int = 1000,
     epochs: int = 10,
     device: torch.device | str | None = None,
+    distributed: bool = False,
     progress: bool = True,
 ) -> Explainer:
     """The explainer that ``explain(model, loader)`` uses when none is given: trained on the
@@ -417,14 +466,20 @@ def default_explainer(
     space = default_space()
     key = _fingerprint(model, name, space.name, world_size, epochs, _FORMAT)
     path = cache_dir() / "explainers" / f"{key}.pt"
+    cached = None
     if path.is_file():
         try:
-            return Explainer.load(path)
+            cached = Explainer.load(path)
         except ValueError as error:
             import logging
 
             logging.getLogger(__name__).warning("ignoring the unreadable cached explainer %s: %s", path, error)
-    expl = train_explainer(model, world, name, space, anno_rate=1.0, epochs=epochs, device=device, progress=progress)
+    if distributed and not all(distributed_sweep.all_gather(cached is not None, "the cached explainer's presence")):
+        cached = None  # every rank trains (sharing the feature pass), or none does
+    if cached is not None:
+        return cached
+    expl = train_explainer(model, world, name, space, anno_rate=1.0, epochs=epochs, device=device,
+                           distributed=distributed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     expl.save(path)
     return expl

@@ -12,6 +12,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,6 +48,9 @@ def main() -> None:
                          distributed=True, progress=False)
         results[name] = {k: asdict(r) for k, r in result.items()} if isinstance(result, dict) else asdict(result)
         results[name]["_loaded"] = dataset.loaded
+    vectors, labels, expl = setup.reference_training(distributed=True)
+    if dist.get_rank() == 0:
+        torch.save({"vectors": vectors, "labels": labels, "head": expl.state_dict()}, args.out + ".training.pt")
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, {name: r.pop("_loaded") for name, r in results.items()})
     if dist.get_rank() == 0:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +288,37 @@ def test_demo_command_prints_the_summary(capsys, monkeypatch, tmp_path):
     assert code == 0
     assert "recall@10" in out and "filters explained" in out and "report.html" in out
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_explain_distributed_under_torchrun_equals_one_process(capsys, files, explainer_file, tmp_path):
+    common = ["explain", "--model", files["model"], "--explainer", explainer_file, *WORLD, "--vocabulary",
+              "explainer", "--top-images", "4", "--batch-size", "4", "--no-progress"]  # 12 images per rank
+    assert cli.main([*common, "--out", str(tmp_path / "one.json")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lavise_fast.cli", *common, "--distributed", "--timeout", "60",
+                           "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("explained 12 filters of 3 on 24 images") == 1  # rank 0 reports and writes
+    one, two = (ExplainResult.load(tmp_path / name) for name in ("one.json", "two.json"))
+    assert (two.words, two.top_images, two.top_activations) == (one.words, one.top_images, one.top_activations)
+    assert two.thresholds == pytest.approx(one.thresholds, rel=0.02, abs=1e-3)  # the merged sketch's error
+
+
+def test_explain_distributed_outside_torchrun_and_checkpoint_resume(capsys, monkeypatch, files, explainer_file,
+                                                                  tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    common = ["explain", "--model", files["model"], "--explainer", explainer_file, *WORLD, "--vocabulary",
+              "explainer", "--top-images", "4", "--batch-size", "4", "--no-progress"]
+    line = one_line_error(capsys, *common, "--distributed", "--out", str(tmp_path / "r.json"))
+    assert "--distributed runs under torchrun" in line and "RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT" in line
+    ckpt = tmp_path / "ckpt"
+    first = [*common, "--checkpoint", str(ckpt), "--checkpoint-every", "2", "--out", str(tmp_path / "a.json")]
+    assert cli.main(first) == 0
+    assert (ckpt / "sweep.pt").is_file()
+    assert cli.main([*common, "--checkpoint", str(ckpt), "--out", str(tmp_path / "b.json")]) == 0  # resumes: no pass
+    assert ExplainResult.load(tmp_path / "a.json").words == ExplainResult.load(tmp_path / "b.json").words
+    line = one_line_error(capsys, *common, "--top-images", "5", "--checkpoint", str(ckpt),
+                          "--out", str(tmp_path / "c.json"))
+    assert "belongs to another sweep (top_images: the checkpoint has 4, this sweep 5)" in line

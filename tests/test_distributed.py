@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sweep_setup as setup
+import torch
 
 from lavise_fast.explain import ExplainResult, explain
 
@@ -54,6 +55,17 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path):
             assert (a.words, a.top_images, a.top_activations, a.scores) == (b.words, b.top_images,
                                                                               b.top_activations, b.scores)
             assert a.thresholds == pytest.approx(b.thresholds, rel=0.02, abs=1e-3)
+    # training: the sharded feature pass gathers the same rows in the same order, and the same head
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the ranks (OMP_NUM_THREADS=1): the same float reductions in training
+    try:
+        vectors, labels, expl = setup.reference_training()
+    finally:
+        torch.set_num_threads(threads)
+    training = torch.load(str(out) + ".training.pt", weights_only=True)
+    assert training["labels"] == labels and torch.equal(training["vectors"], vectors)
+    for name, value in expl.state_dict().items():
+        assert torch.equal(training["head"][name], value), name
     # each rank read its own share of the images in the pass (23 and 22 of 45)
     assert [loaded["layers"] for loaded in data["loaded"]] == [23, 22]
     assert [loaded["exact"] for loaded in data["loaded"]][0] >= 6
