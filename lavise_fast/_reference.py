@@ -64,9 +64,14 @@ def spatial_max_topk(
 
 def _attention_weights(a: torch.Tensor, mode: str, thresholds: torch.Tensor | None) -> torch.Tensor:
     if mode == "projection":
+        # w = a / ||a||, 0 where ||a|| = 0. A NaN or +-inf in `a` makes the whole row z[m] NaN: the
+        # kernels' weight a * (1 / ||a||) is NaN * 0 or inf * 0 = NaN at that position, which
+        # makes every channel's sum NaN; here every weight is NaN, which gives the same row.
         norm = a.flatten(1).norm(dim=1)[:, None, None]
-        return torch.where(norm > 0, a / norm, torch.zeros_like(a))
-    return (a > thresholds[:, None, None]).float()
+        finite = a.flatten(1).isfinite().all(1)[:, None, None]
+        w = torch.where(norm > 0, a / norm, torch.zeros_like(a))
+        return torch.where(finite, w, torch.full_like(a, math.nan))
+    return (a > thresholds[:, None, None]).float()  # strict: NaN never passes, nothing passes +inf
 
 
 def attention_pool(
@@ -107,10 +112,15 @@ def upsample_iou(
 
 
 def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest cosine similarities per query, descending, ties to the smaller index."""
+    """The k largest cosine similarities per query, descending, ties to the smaller index. A NaN
+    similarity (a query or key holding NaN or +-inf) never enters: the slots it would take
+    are left empty (-inf / -1), after every real similarity."""
     sims = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).t()
-    values, indices = torch.sort(sims, dim=1, descending=True, stable=True)
-    return values[:, :k].contiguous(), indices[:, :k].contiguous()
+    # Every real similarity is >= -1 (or so), so -inf sorts the NaN ones after all of them.
+    values, indices = torch.sort(sims.masked_fill(sims.isnan(), -math.inf), dim=1, descending=True, stable=True)
+    values, indices = values[:, :k], indices[:, :k]
+    indices = indices.masked_fill(values == -math.inf, -1)
+    return values.contiguous(), indices.contiguous()
 
 
 def _compress(
@@ -134,10 +144,18 @@ def _compress(
     segment = segment.masked_fill(absent, capacity)  # a dump column, dropped below
     out_w = torch.zeros(C, capacity + 1, dtype=torch.float64, device=means.device)
     out_wm = torch.zeros_like(out_w)
+    out_neg, out_pos = torch.zeros_like(out_w), torch.zeros_like(out_w)
     out_w.scatter_add_(1, segment, w.masked_fill(absent, 0.0))
-    out_wm.scatter_add_(1, segment, (w * m).masked_fill(absent, 0.0))
+    out_wm.scatter_add_(1, segment, (w * m).masked_fill(absent | ~m.isfinite(), 0.0))
+    # A centroid holding an infinity has that infinite mean; one holding both -inf and +inf
+    # (possible when most values are infinite) has mean -inf, as in the kernels, which keep
+    # the first infinity of a centroid in ascending order.
+    out_neg.scatter_add_(1, segment, ((m == -math.inf) & ~absent).double())
+    out_pos.scatter_add_(1, segment, ((m == math.inf) & ~absent).double())
     out_w = out_w[:, :capacity].contiguous()
     out_m = torch.where(out_w > 0, out_wm[:, :capacity] / out_w.clamp_min(1e-300), torch.zeros_like(out_w))
+    out_m = torch.where(out_pos[:, :capacity] > 0, math.inf, out_m)
+    out_m = torch.where(out_neg[:, :capacity] > 0, -math.inf, out_m)
     return out_m, out_w
 
 

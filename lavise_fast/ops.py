@@ -46,8 +46,11 @@ def spatial_max_topk(
     ``maxima[n, c] = max_{h,w} features[n, c, h, w]`` (NaN positions ignored; NaN when all are).
     ``values`` [C, P] float32 and ``indices`` [C, P] int64 are updated in place to hold the P
     largest maxima seen so far per channel, descending, with image ``n`` indexed
-    ``base_index + n``; ties keep the smaller index first; empty slots hold -inf / -1; a NaN
-    maximum never enters.
+    ``base_index + n``; ties keep the smaller index first; empty slots hold -inf / -1.
+
+    Non-finite values: a NaN maximum (a map of only NaN) never enters; +inf and -inf are
+    values: a +inf maximum ranks first, a -inf one (a map of only -inf, or -inf and NaN)
+    still enters, before the empty slots.
 
     Args:
         features: [N, C, H, W].
@@ -70,6 +73,12 @@ def attention_pool(
     mode ``"projection"``, ``w_m = 1[a > thresholds[filters[m]]]`` in mode ``"activation"``.
     The mean runs over all H*W positions.
 
+    Non-finite values follow IEEE arithmetic of ``mean(x * w)`` (NaN propagates, inf * 0 is
+    NaN). projection: a map ``a`` holding NaN or +-inf makes the whole row ``z[m]`` NaN.
+    activation: ``>`` is strict and never true for NaN: a threshold of -inf selects every
+    position whose ``a`` is neither NaN nor -inf; +inf and NaN select none (z = 0 where the
+    features are finite).
+
     Args:
         features: [N, C, H, W]. rows, filters: [M] int. thresholds: [C] (activation mode).
     Returns:
@@ -84,7 +93,8 @@ def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor)
     ``mask_m`` is ``masks[m]`` (any H x W) resized to the feature grid h x w like
     ``F.interpolate(mode="nearest-exact")``; bool and uint8 masks are binary (any non-zero
     value is 1, so 0/255 masks work), floating masks are used as weights. The mean runs over
-    all h*w positions.
+    all h*w positions. Non-finite features or weights follow IEEE arithmetic of
+    ``mean(x * mask)``: NaN propagates, and inf under a weight of 0 gives NaN.
 
     Args:
         features: [N, C, h, w]. masks: [M, H, W]. rows: [M] int.
@@ -104,6 +114,11 @@ def upsample_iou(
     ``inter[m, k] = |B & masks[m]|`` and ``union[m, k] = |B | masks[m]|``. The N*K*H*W
     upsampled maps are never materialised.
 
+    Non-finite values: the upsampled value is F.interpolate's, in IEEE arithmetic (NaN
+    spreads to the pixels it weighs on, inf times a tap weight of 0 is NaN); a NaN value is
+    never on. A threshold of -inf turns on every pixel whose value is neither NaN nor -inf;
+    +inf and NaN turn on none (inter = 0, union = mask area).
+
     Args:
         activations: [N, K, h, w]. thresholds: [K]. masks: [M, H, W] bool/uint8. rows: [M] int.
     Returns:
@@ -117,7 +132,10 @@ def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torc
 
     ``sim[r, v] = <q_r, k_v> / (max(|q_r|, 1e-12) * max(|k_v|, 1e-12))``; values descending,
     ties to the smaller key index. Keys are scanned in chunks, so the R x V matrix of
-    similarities is never materialised. A NaN similarity never enters.
+    similarities is never materialised.
+
+    Non-finite values: a query or key holding NaN or +-inf has NaN similarities, which never
+    enter: a query with fewer than k valid keys leaves its last slots empty (-inf / -1).
 
     Args:
         queries: [R, D]. keys: [V, D]. k: 0 <= k <= V.
@@ -134,8 +152,10 @@ def quantile_sketch_update(
 
     The sketch of channel c is at most ``capacity`` centroids ``means[c]``, ``weights[c]``
     (float64, sorted by mean, unused slots of weight 0) and ``summary[c]`` = (count,
-    nan_count, min, max). NaN is counted and ignored. See :class:`lavise_fast.stats.ChannelQuantiles`,
-    which owns these tensors and reads quantiles from them.
+    nan_count, min, max). NaN is counted in nan_count and otherwise ignored; +-inf are values
+    (count, min, max): a centroid holding -inf has mean -inf, else one holding +inf has mean
+    +inf. See :class:`lavise_fast.stats.ChannelQuantiles`, which owns these tensors and reads
+    quantiles from them.
     """
     _ops.quantile_sketch_update.default(features, means, weights, summary)
 

@@ -27,7 +27,9 @@ class TopImages:
 
     ``values`` [C, k] float32 and ``indices`` [C, k] int64 are sorted by value, descending,
     ties to the smaller image index; empty slots hold -inf / -1. Images are indexed by
-    their position in the stream unless ``update`` is given ``base_index``.
+    their position in the stream unless ``update`` is given ``base_index``. NaN positions are
+    ignored and an image whose map is all NaN never enters; +-inf maxima are values (see
+    :func:`lavise_fast.ops.spatial_max_topk`).
     """
 
     def __init__(self, num_channels: int, k: int, device: torch.device | str | None = None) -> None:
@@ -138,6 +140,9 @@ class ChannelQuantiles:
         Linear interpolation between centroid means placed at their centre positions, with
         the min at position 0 and the max at position count - 1: the convention of
         ``torch.quantile(interpolation="linear")``, exact while centroids are singletons.
+        NaN values were ignored (see :attr:`nan_count`); +-inf are values: a quantile between
+        -inf and anything is -inf, one between a number and +inf is +inf (``torch.quantile``
+        gives NaN there).
         """
         if not 0.0 <= float(q) <= 1.0:
             raise ValueError(f"q must lie in [0, 1], got {q!r}")
@@ -158,7 +163,11 @@ class ChannelQuantiles:
         v0, v1 = val.gather(1, left), val.gather(1, right)
         span = p1 - p0
         t = torch.where(span > 0, (target - p0) / span.clamp_min(1e-300), torch.zeros_like(span))
-        est = torch.where(t > 0, v0 + t * (v1 - v0), v0)[:, 0]
+        between = v0 + t * (v1 - v0)
+        # An infinite end wins (-inf if both are): no NaN from inf - inf or -inf + inf.
+        between = torch.where(v1 == math.inf, v1, between)
+        between = torch.where(v0 == -math.inf, v0, between)
+        est = torch.where(t > 0, between, v0)[:, 0]
         est = torch.minimum(torch.maximum(est, lo), hi)
         return torch.where(total > 0, est, torch.full_like(est, math.nan)).float()
 

@@ -1,4 +1,5 @@
-"""Shared test setup: the device parametrisation, the `cuda` skip and a per-test seed.
+"""Shared test setup: the device parametrisation, the `cuda` skip, a per-test seed and the
+hypothesis profiles.
 
 Every test that runs an operator takes the ``device`` fixture, so it runs once per entry of
 ``DEVICES``; the CUDA entry carries the ``cuda`` marker and is skipped where no GPU (or no
@@ -13,6 +14,7 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import settings
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -20,6 +22,16 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 # never to the user's home; the model hub is never asked.
 os.environ["LAVISE_FAST_CACHE"] = tempfile.mkdtemp(prefix="lavise_fast_test_cache_")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Hypothesis profiles for the property tests (tests/test_ops_properties.py), chosen with the
+# environment variable HYPOTHESIS_PROFILE: "ci" (the default: a modest search that keeps the
+# suite fast), "dev" (a longer search) and "thorough" (for a hunt, minutes per test). No deadline:
+# the first call of an op may be slow (thread pools, CUDA context). A failure prints the blob
+# that replays it (@reproduce_failure); found examples are kept in .hypothesis/ (not committed).
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _cuda_skip_reason() -> str | None:

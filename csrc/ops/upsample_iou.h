@@ -27,7 +27,13 @@ struct MasksByImage {
 MasksByImage group_masks_by_image(const at::Tensor& rows, int64_t num_images);
 
 // Source indices and weights of output position `dst` for bilinear resizing with
-// align_corners=False, computed as PyTorch does (float arithmetic).
+// align_corners=False, computed as PyTorch does: a float scale, and the source coordinate
+// scale * (dst + 0.5) - 0.5 rounded to float once, as F.interpolate gets it on CPU (its
+// kernels are built with FMA, which contracts the expression). Two roundings in float
+// (product, then difference) can land on the next integer, e.g. 4.0 instead of 3.99999976
+// for 9 -> 31, dst = 15: another tap, and with an infinite activation NaN where
+// F.interpolate has a number. The double expression is exact (a 24-bit scale times a short
+// dst + 0.5), so the one cast is the one rounding.
 struct LinearTap {
   int64_t i0, i1;
   float l0, l1;
@@ -43,7 +49,7 @@ LAVISE_HOST_DEVICE LinearTap bilinear_tap(int64_t dst, int64_t in_size, int64_t 
     return t;
   }
   const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  float src = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
+  float src = static_cast<float>(static_cast<double>(scale) * (static_cast<double>(dst) + 0.5) - 0.5);
   src = src < 0.0f ? 0.0f : src;
   const int64_t i0 = static_cast<int64_t>(floorf(src));
   t.i0 = i0 < in_size - 1 ? i0 : in_size - 1;
