@@ -9,7 +9,9 @@ filters); ``train ...`` holds ``lavise_fast`` (the whole ``train_explainer`` cal
 ``extra_info`` has its extrapolation to all pairs and epochs); ``thresholds ...`` holds
 ``sketch``, ``numpy`` and ``torch`` (``thresholds.py``'s sides over random feature maps);
 ``vocabulary ...`` holds ``cosine_topk`` (all queries) and ``sort`` (the full sort on a sample of
-query chunks; ``extra_info`` has its extrapolation). Sizes follow ``--bench-scale``
+query chunks; ``extra_info`` has its extrapolation); ``onnx head ...`` holds ``torch`` (the head and
+``cosine_topk`` on the device) and ``onnx`` (the fused export in onnxruntime, on the provider that
+``OnnxHead`` picks, named in ``extra_info``). Sizes follow ``--bench-scale``
 (``e2e_common.E2E_SCALES``: ``full`` is the issue's, what the scripts run by default; ``smoke``
 under ``--benchmark-disable``). The scripts give the interleaved ratios and the memory measure;
 the ``*_script`` cases run them at tiny sizes so that they keep working (skipped by
@@ -25,6 +27,7 @@ import time
 
 import e2e_common as common
 import numpy as np
+import onnx_head
 import pytest
 import sweep
 import thresholds
@@ -198,6 +201,71 @@ def test_vocabulary(benchmark, scale, device, impl):
     assert len(idx) == len(starts)
     if not benchmark.disabled and benchmark.stats is not None:
         benchmark.extra_info["extrapolated_s"] = benchmark.stats.stats.median * args.queries / sampled
+
+
+def _onnx_head_args(vectors: int, channels: int, vocabulary: int, *extra: str) -> list[str]:
+    return ["--vectors", str(vectors), "--channels", str(channels), "--vocabulary", str(vocabulary), *extra]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", onnx_head.SIDES)
+def test_onnx_head(benchmark, scale, device, impl, tmp_path):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    device = common.resolve_device(device)
+    args = onnx_head.build_parser().parse_args(_onnx_head_args(scale.head_vectors, scale.head_channels,
+                                                               scale.vocabulary))
+    setup = onnx_head.build(args, device)
+    benchmark.group = f"onnx head {args.vectors}x{args.channels} {args.vocabulary} words k={args.k} {device.type}"
+    benchmark.extra_info.update(impl=impl, vectors=args.vectors, channels=args.channels, words=args.vocabulary)
+    if impl == "torch":
+        run = lambda: onnx_head.torch_head(setup.explainer, setup.words, setup.pooled, args.k)  # noqa: E731
+    else:
+        onnx_head.export(setup, tmp_path / "head.onnx", args.k)
+        head, _ = onnx_head.open_head(tmp_path / "head.onnx", device)
+        benchmark.extra_info.update(provider=head.providers[0])
+        run = lambda: head(setup.pooled)  # noqa: E731
+    run()  # warm-up
+    scores, indices = _pedantic(benchmark, run, device)
+    assert scores.shape == indices.shape == (args.vectors, args.k) and indices.device == device
+
+
+def test_onnx_head_script(tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    results = tmp_path / "RESULTS.md"
+    code = onnx_head.main(_onnx_head_args(64, 16, 40, "--dim", "8", "--repeats", "1", "--device", "cpu",
+                                          "--append-results", str(results)))
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| provider used | CPUExecutionProvider |  |  |" in out and "skipped" not in out
+    assert "| identical top-5 indices, ONNX vs torch | 64 of 64 rows | 64 of 64 (near ties allowed) | met |" in out
+    assert "largest \\|score difference\\|, ONNX vs torch |" in out and "## ONNX head" in results.read_text()
+
+
+def test_onnx_head_gpu_without_onnxruntime_gpu(tmp_path, monkeypatch):
+    """What device_check.sh reports on a GPU whose onnxruntime has no CUDA provider: the skip reason, the
+    CPU provider's numbers and the torch head on the CPU beside them (run here with the GPU faked)."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    args = onnx_head.build_parser().parse_args(_onnx_head_args(32, 8, 20, "--dim", "8", "--repeats", "1"))
+    setup = onnx_head.build(args, torch.device("cpu"))
+    onnx_head.export(setup, tmp_path / "head.onnx", args.k)
+    gpu = torch.device("cuda")
+    head, skipped = onnx_head.open_head(tmp_path / "head.onnx", gpu)
+    assert head.providers[0] == "CPUExecutionProvider"
+    assert skipped.startswith(f"onnxruntime {ort.__version__} is the CPU build")
+    monkeypatch.setattr(common, "synchronize", lambda device: None)  # the tensors stay on the CPU
+    monkeypatch.setattr(common, "machine_rows", lambda device: [])
+    timings, agree = onnx_head.time_interleaved(setup, head, args, gpu)
+    assert timings.torch_cpu is not None and len(timings.torch_cpu) == 1 and agree.differ == 0
+    table, _ = onnx_head.report(args, gpu, head, skipped, 1.0, 1000, timings, agree)
+    text = "\n".join(table)
+    assert f"| CUDAExecutionProvider | skipped: onnxruntime-gpu not importable on this machine ({skipped}) |" in text
+    assert "| torch head on cpu (median) |" in text and "| ONNX (CPUExecutionProvider) / torch on cpu, time |" in text
+    assert "inputs copied from cuda to the host, session.run on the CPU, outputs copied back" in text
 
 
 def test_sweep_script(tmp_path, capsys, smoke_threads):

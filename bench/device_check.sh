@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # One check for a GPU machine (the lent H100/H200 has python3 with a CUDA torch and nvcc):
 # builds lavise_fast from source against the machine's own torch, runs the test suite
-# (the `cuda` cases included), then the op report (fused vs reference, GB/s against a
-# measured copy bandwidth) and prints one short table. Meant to finish in under 8 minutes.
-#   bash bench/device_check.sh            # logs go to $OUT (or /tmp/lavise_device) too
+# (the `cuda` cases included), the benchmarks in check mode, the op report (fused vs reference,
+# GB/s against a measured copy bandwidth), the end-to-end sweep (explain against the bare
+# forward pass and the official per-filter inference, ResNet-50 layer4 over a few thousand
+# random images) and the ONNX head in onnxruntime against the PyTorch head; each report is one
+# markdown table. Meant to finish in under 8 minutes on an H100 (estimates, never measured
+# together: build 1-3 min, tests 1-3 min, benchmark check 1 min, op report 20 s, sweep 1 min,
+# ONNX head 30 s); the sweep and the ONNX head are cut off at SWEEP_TIMEOUT and ONNX_TIMEOUT.
+#   bash bench/device_check.sh            # logs and tables go to $OUT (or /tmp/lavise_device) too
+# Every setting below can be overridden from the environment; a dry run of the end-to-end steps on
+# a machine without a GPU (the extension already built there):
+#   STEPS="sweep onnx" DEVICE=cpu SWEEP_MODEL=resnet18 SWEEP_IMAGES=8 SWEEP_IMAGE_SIZE=64 SWEEP_BATCH=4 \
+#     ONNX_VECTORS=256 PYTHON=.venv/bin/python bash bench/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/lavise_device}
@@ -11,7 +20,26 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-"build tests bench ops sweep onnx"}  # the steps to run, of these six
+DEVICE=${DEVICE:-cuda}  # of the op report, the sweep and the ONNX head
+# The sweep: 4,096 images at 224 px (2.3 GiB, made in advance on the device) in batches of 128;
+# the official inference timed on one filter, (N + 25) ResNet-50 passes of one image (about 5 ms
+# each on an H100: 20-30 s), extrapolated to the 2,048 filters.
+SWEEP_MODEL=${SWEEP_MODEL:-resnet50}
+SWEEP_IMAGES=${SWEEP_IMAGES:-4096}
+SWEEP_IMAGE_SIZE=${SWEEP_IMAGE_SIZE:-224}
+SWEEP_BATCH=${SWEEP_BATCH:-128}
+SWEEP_BASELINE_FILTERS=${SWEEP_BASELINE_FILTERS:-1}
+SWEEP_REPEATS=${SWEEP_REPEATS:-3}
+SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-180}
+# The ONNX head: ResNet-18 layer4's head (512 channels) on 12,800 pooled vectors (512 filters x 25).
+ONNX_VECTORS=${ONNX_VECTORS:-12800}
+ONNX_CHANNELS=${ONNX_CHANNELS:-512}
+ONNX_TIMEOUT=${ONNX_TIMEOUT:-120}
 status=0
+t0=$(date +%s)
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+elapsed() { echo "($(( $(date +%s) - $1 )) s; $(( $(date +%s) - t0 )) s since the start)"; }
 # Build with the system compiler, whose libstdc++ is the one the Python process loads. Seen on
 # the lent H200 image (2026-11-27): its default CC/CXX (/opt/gcc/bin, a wrapper of g++ 13.3) linked
 # parts of libstdc++ into the extension (36 copies of ostream::_M_insert in _C.so), and the first
@@ -23,27 +51,65 @@ elif [ -x /usr/bin/g++ ]; then
   export CC=/usr/bin/gcc CXX=/usr/bin/g++
 fi
 
-echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.csv"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+echo "== machine (steps: $STEPS; device: $DEVICE)"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.csv"
+fi
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 echo "compilers: CC=${CC:-default} CXX=${CXX:-default} ($(${CXX:-c++} --version | head -1))"
 
-echo "== build (FORCE_CUDA=1, arch $TORCH_CUDA_ARCH_LIST)"
-start=$(date +%s)
-if ! $PY setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+if want build; then
+  echo "== build (FORCE_CUDA=1, arch $TORCH_CUDA_ARCH_LIST)"
+  start=$(date +%s)
+  if ! $PY setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+  fi
+  echo "built $(elapsed "$start")"
 fi
-echo "built in $(( $(date +%s) - start )) s"
 
-echo "== tests (cpu and cuda cases)"
-$PY -m pytest tests -q -p no:cacheprovider --maxfail=20 >"$OUT/tests.log" 2>&1 || status=1
-tail -4 "$OUT/tests.log"
-grep -E "FAILED|Error" "$OUT/tests.log" | head -20
+if want tests; then
+  echo "== tests (cpu and cuda cases)"
+  start=$(date +%s)
+  $PY -m pytest tests -q -p no:cacheprovider --maxfail=20 >"$OUT/tests.log" 2>&1 || status=1
+  tail -4 "$OUT/tests.log"
+  grep -E "FAILED|Error" "$OUT/tests.log" | head -20
+  echo "tests $(elapsed "$start")"
+fi
 
-echo "== benchmarks still run (check mode)"
-$PY -m pytest bench -q -p no:cacheprovider --benchmark-disable >"$OUT/bench_check.log" 2>&1 || status=1
-tail -2 "$OUT/bench_check.log"
+if want bench; then
+  echo "== benchmarks still run (check mode)"
+  start=$(date +%s)
+  $PY -m pytest bench -q -p no:cacheprovider --benchmark-disable >"$OUT/bench_check.log" 2>&1 || status=1
+  tail -2 "$OUT/bench_check.log"
+  echo "benchmark check $(elapsed "$start")"
+fi
 
-echo "== op report (cuda)"
-$PY bench/report_ops.py --device cuda 2>&1 | tee "$OUT/report_cuda.md" || status=1
+if want ops; then
+  echo "== op report ($DEVICE)"
+  start=$(date +%s)
+  $PY bench/report_ops.py --device "$DEVICE" 2>&1 | tee "$OUT/report_$DEVICE.md" || status=1
+  echo "op report $(elapsed "$start")"
+fi
+
+if want sweep; then
+  echo "== end-to-end sweep ($DEVICE): $SWEEP_MODEL layer4, $SWEEP_IMAGES images at $SWEEP_IMAGE_SIZE px," \
+    "batch $SWEEP_BATCH, official inference on $SWEEP_BASELINE_FILTERS filter(s), at most $SWEEP_TIMEOUT s"
+  start=$(date +%s)
+  timeout -k 10 "$SWEEP_TIMEOUT" $PY bench/sweep.py --device "$DEVICE" --model "$SWEEP_MODEL" \
+    --images "$SWEEP_IMAGES" --image-size "$SWEEP_IMAGE_SIZE" --batch-size "$SWEEP_BATCH" \
+    --baseline-filters "$SWEEP_BASELINE_FILTERS" --repeats "$SWEEP_REPEATS" --no-memory 2>&1 \
+    | tee "$OUT/sweep_$DEVICE.md" || { status=1; echo "SWEEP FAILED or cut off at $SWEEP_TIMEOUT s"; }
+  echo "sweep $(elapsed "$start")"
+fi
+
+if want onnx; then
+  echo "== ONNX head (onnxruntime vs the PyTorch head on $DEVICE): $ONNX_VECTORS vectors x $ONNX_CHANNELS channels"
+  start=$(date +%s)
+  timeout -k 10 "$ONNX_TIMEOUT" $PY bench/onnx_head.py --device "$DEVICE" --vectors "$ONNX_VECTORS" \
+    --channels "$ONNX_CHANNELS" 2>&1 | tee "$OUT/onnx_head_$DEVICE.md" \
+    || { status=1; echo "ONNX HEAD FAILED or cut off at $ONNX_TIMEOUT s"; }
+  echo "ONNX head $(elapsed "$start")"
+fi
+echo "== done in $(( $(date +%s) - t0 )) s, status $status"
 exit $status

@@ -5,12 +5,15 @@ Everything is random and seeded: timing does not depend on trained weights or re
 so no weights or data set is downloaded. ``sweep.py`` (``explain`` against the bare forward
 pass and the official inference), ``train.py`` (``train_explainer`` against the official
 training scheme), ``thresholds.py`` (the quantile sketch against storing every activation) and
-``vocabulary.py`` (``cosine_topk`` against a full sort) are the scripts; ``bench_e2e.py`` runs
-the same code as pytest-benchmark cases.
+``vocabulary.py`` (``cosine_topk`` against a full sort) are the scripts, with ``onnx_head.py``
+(the ONNX export of the head in onnxruntime against the PyTorch head); ``bench_e2e.py`` runs
+the same code as pytest-benchmark cases. The scripts share their common options through
+:func:`add_common_arguments`.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import gc
 import json
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import memory
 import torch
@@ -70,6 +73,8 @@ class E2EScale:
     vocabulary_queries: int = 12_800  # ... queries scored against them ...
     vocabulary_chunk: int = 256  # ... the full-sort baseline's queries per chunk ...
     vocabulary_chunks: int = 2  # ... and the chunks it is timed on (extrapolated)
+    head_vectors: int = 12_800  # onnx head: pooled vectors scored at once ...
+    head_channels: int = 512  # ... of this many channels (vocabulary: ``vocabulary`` words)
 
 
 E2E_SCALES: dict[str, E2EScale] = {
@@ -79,11 +84,12 @@ E2E_SCALES: dict[str, E2EScale] = {
     # Same shapes, fewer images: a few seconds a case on a 2-core CPU.
     "quick": E2EScale(images=128, image_size=224, batch_size=64, vocabulary=1202, train_images=128,
                       masks_per_image=5, baseline_pairs=40, quantile_images=256, vocabulary_queries=1280,
-                      vocabulary_chunks=1),
+                      vocabulary_chunks=1, head_vectors=1280),
     # CI (each body once): tiny images, so that the whole path runs in about a second.
     "smoke": E2EScale(images=8, image_size=64, batch_size=4, vocabulary=64, train_images=8,
                       masks_per_image=2, baseline_pairs=4, words=6, quantile_images=16, quantile_channels=8,
-                      vocabulary_words=2000, vocabulary_queries=64, vocabulary_chunk=16),
+                      vocabulary_words=2000, vocabulary_queries=64, vocabulary_chunk=16, head_vectors=64,
+                      head_channels=16),
 }
 
 
@@ -200,6 +206,81 @@ class RandomReference(torch.utils.data.Dataset):
         """(image [3, S, S], mask [S, S] bool, label) of (image, object) pair ``index``."""
         i, j = divmod(index, self.masks_per_image)
         return self.images[i], self._mask(i, j), self.words[int(self.labels[i, j])]
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def script_parser(description: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a script: ``description`` above the options, the module's docstring ``doc`` below them."""
+    return argparse.ArgumentParser(
+        description=description, epilog=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    seeds: str,
+    repeats: int = 1,
+    memory_probe: dict[str, Any] | None = None,
+) -> None:
+    """Adds the options every end-to-end script shares: ``--repeats`` (default ``repeats``),
+    ``--seed`` (its help names what it seeds: ``seeds``), ``--device``, ``--threads`` and
+    ``--append-results``. With ``memory_probe``, also ``--no-memory`` and the internal
+    ``--memory-probe``, by which the script runs itself in a fresh subprocess to measure one peak;
+    ``memory_probe`` holds that option's keywords: ``type`` or ``choices``, and ``metavar`` and
+    ``help`` where the default (one side per probe) does not fit."""
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help="timed runs of each side (interleaved) [%(default)s]"
+    )
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of {seeds} [%(default)s]")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--append-results",
+        nargs="?",
+        const=str(RESULTS),
+        default=None,
+        metavar="PATH",
+        help="append the table under a heading to PATH (default when given without PATH: bench/RESULTS.md)",
+    )
+    if memory_probe is None:
+        return
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    probe = {
+        "default": None,
+        "help": "internal: measure the peak memory of one side in this process and print JSON; the script runs "
+        "itself this way in a fresh subprocess per side",
+        **memory_probe,
+    }
+    parser.add_argument("--memory-probe", **probe)
+
+
+def check_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...],
+                   minimum: int = 1) -> None:
+    """Stops with a usage error when one of the options ``names`` (attribute names) is below ``minimum``."""
+    for name in names:
+        value = getattr(args, name)
+        if value < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def forwarded_options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """``--name value`` for each of the options ``names`` that is set, to hand them to a probe subprocess."""
+    out: list[str] = []
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
+
+
+def configure_torch(args: argparse.Namespace) -> torch.device:
+    """Applies ``--threads`` and returns the device that ``--device`` names (:func:`resolve_device`)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
 
 
 # --- timing ---------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,11 +66,10 @@ BASELINE_TARGET_FILTERS, BASELINE_TARGET_IMAGES = 512, 1000  # ... for 512 filte
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Times lavise_fast.explain against the bare forward pass to the layer (interleaved, one run) "
+    parser = common.script_parser(
+        "Times lavise_fast.explain against the bare forward pass to the layer (interleaved, one run) "
         "and measures explain's peak memory at N and 4N images; prints one markdown table.",
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
     )
     parser.add_argument("--images", type=int, default=512, help="N, the number of random target images [%(default)s]")
     parser.add_argument(
@@ -89,30 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--words-per-image", type=int, default=5, help="s, words voted per top image [%(default)s]")
     parser.add_argument("--vocabulary", type=int, default=1202, help="words in the random vocabulary [%(default)s]")
     parser.add_argument("--dim", type=int, default=384, help="dimension of the random word space [%(default)s]")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each pass (interleaved) [%(default)s]")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the model, the images and the vocabulary [%(default)s]",
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--baseline-filters", type=int, default=2, metavar="K",
         help="filters (seeded sample) the official inference is timed on, then extrapolated to all; 0 skips it "
         "[%(default)s]",
     )
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument(
         "--memory-factor", type=int, default=MEMORY_FACTOR,
         help="the memory is compared at N and this many times N [%(default)s]"
     )
-    parser.add_argument(
-        "--append-results", nargs="?", const=str(common.RESULTS), default=None, metavar="PATH",
-        help="append the table under a heading to PATH (default when given without PATH: bench/RESULTS.md)",
-    )
-    parser.add_argument(
-        "--memory-probe", type=int, default=None, metavar="IMAGES",
-        help="internal: measure the peak memory of explain (then of the bare pass) over IMAGES generated images "
-        "in this process and print JSON; the script runs itself this way in a fresh subprocess per size",
+    common.add_common_arguments(
+        parser, seeds="the model, the images and the vocabulary", repeats=3,
+        memory_probe={
+            "type": int, "metavar": "IMAGES",
+            "help": "internal: measure the peak memory of explain (then of the bare pass) over IMAGES generated "
+            "images in this process and print JSON; the script runs itself this way in a fresh subprocess per size",
+        },
     )
     return parser
 
@@ -287,24 +277,10 @@ def probe_memory(args: argparse.Namespace, device: torch.device) -> dict:
 
 def memory_subprocess(args: argparse.Namespace, images: int, device: torch.device, timeout_s: float = 1800) -> dict:
     """Runs :func:`probe_memory` for ``images`` in a fresh process with the same settings."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(images)]
-    for name in ("model", "image_size", "batch_size", "layer", "top_images", "words_per_image", "vocabulary", "dim",
-                 "seed", "threads"):
-        value = getattr(args, name)
-        if value is not None:
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
-    cmd += ["--device", device.type]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=common.subprocess_env(), timeout=timeout_s,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        return {"images": images, "error": f"timed out after {timeout_s:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-        reason = "killed (out of memory?)" if proc.returncode < 0 else f"exit {proc.returncode}"
-        return {"images": images, "error": f"{reason}: {tail}"}
-    return json.loads(lines[-1])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(images), "--device", device.type]
+    cmd += common.forwarded_options(args, ("model", "image_size", "batch_size", "layer", "top_images",
+                                           "words_per_image", "vocabulary", "dim", "seed", "threads"))
+    return {"images": images} | common.json_subprocess(cmd, timeout_s)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -421,15 +397,10 @@ def baseline_rows(args: argparse.Namespace, setup: Setup, timings: Timings,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("images", "image_size", "batch_size", "top_images", "words_per_image", "vocabulary", "dim",
-                 "repeats", "memory_factor"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.baseline_filters < 0:
-        parser.error(f"--baseline-filters must be at least 0, got {args.baseline_filters}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    common.check_at_least(parser, args, ("images", "image_size", "batch_size", "top_images", "words_per_image",
+                                         "vocabulary", "dim", "repeats", "memory_factor"))
+    common.check_at_least(parser, args, ("baseline_filters",), minimum=0)
+    device = common.configure_torch(args)
     if args.memory_probe is not None:
         print(json.dumps(probe_memory(args, device)))
         return 0

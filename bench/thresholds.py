@@ -55,11 +55,10 @@ SHARE_LOW, SHARE_HIGH = 0.0049, 0.0051  # the design's tolerance around 1 - QUAN
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Times the per-filter 0.995 thresholds by the quantile sketch against storing every activation "
+    parser = common.script_parser(
+        "Times the per-filter 0.995 thresholds by the quantile sketch against storing every activation "
         "(np.percentile, torch.quantile), measures their peak memory and the sketch's accuracy; prints one table.",
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
     )
     parser.add_argument("--images", type=int, default=1000, help="N, images (feature maps) [%(default)s]")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch [%(default)s]")
@@ -73,19 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=224, help="with --no-features-only: image side [%(default)s]")
     parser.add_argument("--layer", default="layer4", help="with --no-features-only: the ResNet-18 layer [%(default)s]")
     parser.add_argument("--capacity", type=int, default=1024, help="centroids per channel of the sketch [%(default)s]")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side (interleaved) [%(default)s]")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the features (or model and images) [%(default)s]")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument(
-        "--append-results", nargs="?", const=str(common.RESULTS), default=None, metavar="PATH",
-        help="append the table under a heading to PATH (default when given without PATH: bench/RESULTS.md)",
-    )
-    parser.add_argument(
-        "--memory-probe", choices=SIDES, default=None,
-        help="internal: measure the peak memory of one side in this process and print JSON; the script runs "
-        "itself this way in a fresh subprocess per side",
+    common.add_common_arguments(
+        parser, seeds="the features (or model and images)", repeats=3, memory_probe={"choices": SIDES}
     )
     return parser
 
@@ -198,10 +186,9 @@ def probe_memory(args: argparse.Namespace, device: torch.device) -> dict:
 def memory_subprocess(args: argparse.Namespace, side: str, device: torch.device, timeout_s: float = 1800) -> dict:
     """Runs :func:`probe_memory` for ``side`` in a fresh process with the same settings."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", side, "--device", device.type]
-    for name in ("images", "batch_size", "channels", "grid", "image_size", "layer", "capacity", "seed", "threads"):
-        value = getattr(args, name)
-        if value is not None:
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    cmd += common.forwarded_options(
+        args, ("images", "batch_size", "channels", "grid", "image_size", "layer", "capacity", "seed", "threads")
+    )
     cmd.append("--features-only" if args.features_only else "--no-features-only")
     return {"side": side} | common.json_subprocess(cmd, timeout_s)
 
@@ -290,14 +277,9 @@ def report(args: argparse.Namespace, device: torch.device, shape: tuple[int, ...
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("images", "batch_size", "channels", "grid", "image_size", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.capacity < 8:
-        parser.error(f"--capacity must be at least 8, got {args.capacity}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    common.check_at_least(parser, args, ("images", "batch_size", "channels", "grid", "image_size", "repeats"))
+    common.check_at_least(parser, args, ("capacity",), minimum=8)
+    device = common.configure_torch(args)
     if args.memory_probe is not None:
         print(json.dumps(probe_memory(args, device)))
         return 0

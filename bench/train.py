@@ -37,11 +37,10 @@ TARGET_SPEEDUP = 20.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Times lavise_fast.train_explainer against the official one-pair-per-step training scheme "
+    parser = common.script_parser(
+        "Times lavise_fast.train_explainer against the official one-pair-per-step training scheme "
         "(the latter on a sample, extrapolated) and prints one markdown table.",
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
     )
     parser.add_argument("--images", type=int, default=1000, help="random reference images [%(default)s]")
     parser.add_argument(
@@ -60,16 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-pairs", type=int, default=300,
         help="(image, object) pairs the official scheme is timed on, for one epoch (then extrapolated) [%(default)s]",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side (interleaved) [%(default)s]")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the model, the reference set and the space [%(default)s]",
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument(
-        "--append-results", nargs="?", const=str(common.RESULTS), default=None, metavar="PATH",
-        help="append the table under a heading to PATH (default when given without PATH: bench/RESULTS.md)",
-    )
+    common.add_common_arguments(parser, seeds="the model, the reference set and the space", repeats=1)
     return parser
 
 
@@ -90,14 +80,12 @@ def sample_pairs(total: int, count: int, seed: int) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("images", "image_size", "masks_per_image", "words", "dim", "epochs", "baseline_pairs", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    common.check_at_least(
+        parser, args, ("images", "image_size", "masks_per_image", "words", "dim", "epochs", "baseline_pairs", "repeats")
+    )
     if args.words < 2:
         parser.error("--words must be at least 2 (the ranking loss compares words)")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    device = common.configure_torch(args)
 
     model = common.resnet18(args.seed, device)
     words = common.random_words(args.words)

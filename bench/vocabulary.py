@@ -45,11 +45,10 @@ SIDES = ("cosine_topk", "sort")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Times lavise_fast.ops.cosine_topk against a full sort of the similarities at GloVe scale "
+    parser = common.script_parser(
+        "Times lavise_fast.ops.cosine_topk against a full sort of the similarities at GloVe scale "
         "(the sort on a sample of query chunks, extrapolated), measures both peaks; prints one table.",
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
     )
     parser.add_argument("--words", type=int, default=400_000, help="V, random words [%(default)s]")
     parser.add_argument("--dim", type=int, default=300, help="D, their dimension [%(default)s]")
@@ -60,20 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-chunks", type=int, default=4,
         help="chunks the full sort is timed on (seeded sample, extrapolated to all); 0 = all [%(default)s]",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side (interleaved) [%(default)s]")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the words and queries [%(default)s]")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument(
-        "--append-results", nargs="?", const=str(common.RESULTS), default=None, metavar="PATH",
-        help="append the table under a heading to PATH (default when given without PATH: bench/RESULTS.md)",
-    )
-    parser.add_argument(
-        "--memory-probe", choices=SIDES, default=None,
-        help="internal: measure the peak memory of one side in this process and print JSON; the script runs "
-        "itself this way in a fresh subprocess per side",
-    )
+    common.add_common_arguments(parser, seeds="the words and queries", repeats=1, memory_probe={"choices": SIDES})
     return parser
 
 
@@ -169,10 +155,7 @@ def probe_memory(args: argparse.Namespace, device: torch.device) -> dict:
 def memory_subprocess(args: argparse.Namespace, side: str, device: torch.device, timeout_s: float = 1800) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", side, "--device", device.type,
            "--k", *[str(k) for k in args.k]]
-    for name in ("words", "dim", "queries", "chunk", "seed", "threads"):
-        value = getattr(args, name)
-        if value is not None:
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    cmd += common.forwarded_options(args, ("words", "dim", "queries", "chunk", "seed", "threads"))
     return {"side": side} | common.json_subprocess(cmd, timeout_s)
 
 
@@ -251,16 +234,11 @@ def report(args: argparse.Namespace, device: torch.device, timings: dict,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("words", "dim", "queries", "chunk", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.baseline_chunks < 0:
-        parser.error(f"--baseline-chunks must be at least 0, got {args.baseline_chunks}")
+    common.check_at_least(parser, args, ("words", "dim", "queries", "chunk", "repeats"))
+    common.check_at_least(parser, args, ("baseline_chunks",), minimum=0)
     if any(not 1 <= k <= args.words for k in args.k):
         parser.error(f"--k must lie in [1, --words], got {args.k}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    device = common.configure_torch(args)
     if args.memory_probe is not None:
         print(json.dumps(probe_memory(args, device)))
         return 0

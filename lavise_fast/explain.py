@@ -128,6 +128,7 @@ def explain(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     distributed: bool = False,
+    stash_bytes: int | None = None,
     progress: bool = True,
 ) -> ExplainResult | dict[str, ExplainResult]:
     """Describes the filters of a layer (or of several layers at once) of ``model`` in words, over
@@ -178,6 +179,10 @@ def explain(
             over all images (thresholds: up to the sketch's error where it is no longer exact, see
             ``ChannelQuantiles``). A rank that dies makes the others fail with a RuntimeError once
             the process group notices (at the latest after its ``timeout``).
+        stash_bytes: memory per layer for the pooled vectors of pairs that entered the top images
+            and await scoring (default max(64 MiB, C * P * C * 4 bytes): about 420 MB for ResNet-50
+            ``layer4``, 64 MiB for ResNet-18's); a smaller stash is scored more often, including
+            pairs that later leave the top images, which costs time (the head's C * C per pair).
 
     The vote weights each top image by its maximum activation of the filter, a real number; the
     official code repeats a word ``int(max)`` times instead, which drops images whose maximum
@@ -189,7 +194,7 @@ def explain(
     if isinstance(head, str) and head not in ("torch", "onnx"):
         raise ValueError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
     _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words,
-                    checkpoint_every=checkpoint_every)
+                    checkpoint_every=checkpoint_every, **({} if stash_bytes is None else {"stash_bytes": stash_bytes}))
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
     shard = distributed_sweep.current_shard() if distributed else None
@@ -220,7 +225,7 @@ def explain(
             if given is not None and given.numel() != C:
                 raise ValueError(f"thresholds must hold one value per filter of {name!r} ({C}), got {given.numel()}")
             sweeps[name] = LayerSweep(name, heads[name], words, s, method, top_images, C,
-                                      _chosen_filters(filters_of[name], C), given, device)
+                                      _chosen_filters(filters_of[name], C), given, device, stash_bytes)
         return sweeps
 
     run_loader, image_index = loader, None

@@ -14,7 +14,7 @@ import torch
 from lavise_fast import ops
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
-__all__ = ["LayerSweep", "Votes"]
+__all__ = ["LayerSweep", "Votes", "default_stash_bytes"]
 
 
 class Votes:
@@ -32,7 +32,7 @@ class Votes:
         self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
         self.head, self.words, self.s = head, words, s
         self.budget_rows = max(1, budget_bytes // (4 * channels))
-        self.chunk_rows = max(1, self.budget_rows // 4)  # pairs pooled at once
+        self.chunk_rows = max(1, min(budget_bytes, 64 << 20) // (4 * channels) // 4)  # pairs pooled at once
         self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.stash_rows = 0
         self.non_finite = 0
@@ -137,21 +137,35 @@ class Votes:
         self.non_finite += int(state["non_finite"])
 
 
+def default_stash_bytes(channels: int, top_images: int) -> int:
+    """The default memory for pooled vectors awaiting scoring: max(64 MiB, C * P * C * 4 bytes), room
+    for a pooled vector of every (filter, top image) pair, so that pruning alone keeps the stash
+    within it and only the pairs that end among the top images are ever scored (the head costs
+    C * C multiply-adds a pair: for ResNet-50 ``layer4`` the 51,200 final pairs cost about as much
+    as 60 forward passes)."""
+    return max(64 << 20, channels * top_images * channels * 4)
+
+
 class LayerSweep:
     """Top images, quantile sketch and votes of one layer, fed one batch of its features at a time.
 
     ``chosen`` are the filters to explain; ``given`` the thresholds [C] when the caller gave them.
     ``in_pass`` methods pool the entering pairs during the pass (``projection``, ``original``, and
     ``activation`` with given thresholds); the others are scored by a re-run of the top images.
+    ``stash_bytes``: the memory of pooled vectors awaiting scoring (default
+    :func:`default_stash_bytes`); a smaller stash is scored more often, pairs that later leave the
+    top images included.
     """
 
     def __init__(self, name: str, head, words: torch.Tensor, s: int, method: str, top_images: int,
-                 channels: int, chosen: list[int], given: torch.Tensor | None, device: torch.device) -> None:
+                 channels: int, chosen: list[int], given: torch.Tensor | None, device: torch.device,
+                 stash_bytes: int | None = None) -> None:
         self.name, self.method, self.chosen, self.given = name, method, chosen, given
         self.in_pass = method in ("projection", "original") or (method == "activation" and given is not None)
         self.tops = TopImages(channels, top_images, device=device)
         self.quantiles = ChannelQuantiles(channels, device=device)
-        self.votes = Votes(channels, head, words, s)
+        stash_bytes = default_stash_bytes(channels, top_images) if stash_bytes is None else stash_bytes
+        self.votes = Votes(channels, head, words, s, stash_bytes)
         self.wanted = torch.zeros(channels, dtype=torch.bool, device=device)
         self.wanted[chosen] = True
         self.device = device

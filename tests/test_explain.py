@@ -244,14 +244,14 @@ def test_a_layer_that_is_not_a_feature_map_and_a_model_on_another_device_are_ref
         explain(model, images, expl, vocabulary=vocab, device="cuda", progress=False)
 
 
-def test_a_tiny_memory_budget_gives_the_same_result(setting, targets, monkeypatch):
+def test_a_tiny_memory_budget_gives_the_same_result(setting, targets):
     """Pairs pooled one at a time and the stash scored at every step: the same words as in one go."""
-    from lavise_fast.sweep_state import Votes
-
     model, expl, vocab = setting
     kw = dict(vocabulary=vocab, top_images=3, words_per_image=2, filters=list(range(0, 256, 9)), progress=False)
     wide = {m: explain(model, batches(targets), expl, method=m, **kw) for m in ("projection", "activation")}
-    monkeypatch.setattr(Votes.__init__, "__defaults__", (4 * 256,))  # one row of z
     for method, expected in wide.items():
-        narrow = explain(model, batches(targets), expl, method=method, **kw)
+        narrow = explain(model, batches(targets), expl, method=method, stash_bytes=4 * 256, **kw)  # one row of z
         assert narrow.words == expected.words and narrow.top_images == expected.top_images
+        assert narrow.scores == expected.scores and narrow.thresholds == expected.thresholds
+    with pytest.raises(ValueError, match="stash_bytes must be a positive int, got 0"):
+        explain(model, batches(targets), expl, stash_bytes=0, **kw)
