@@ -21,6 +21,7 @@ A bad argument or an unreadable input ends the command with exit status 2 and on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -350,22 +351,41 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _join_process_group(device: torch.device, timeout: float) -> torch.device:
-    """``explain --distributed``: joins the process group that torchrun describes in the environment
-    (NCCL on GPUs, each rank on the GPU of its LOCAL_RANK; gloo on CPUs) and returns the rank's device."""
+@contextlib.contextmanager
+def _process_group(args: argparse.Namespace, device: torch.device):
+    """With ``--distributed``: joins the process group that torchrun describes in the environment
+    (NCCL on GPUs, each rank on the GPU of its LOCAL_RANK; gloo on CPUs) for the block and leaves it
+    after; yields (rank, the rank's device). A failed exchange between ranks becomes one line, exit 2.
+    Without it: yields (0, device)."""
+    if not args.distributed:
+        yield 0, device
+        return
     import datetime
-    import os
 
     missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise CommandError(f"--distributed runs under torchrun (e.g. torchrun --nproc-per-node 4 -m lavise_fast.cli "
-                           f"explain ... --distributed); {', '.join(missing)} missing from the environment")
+                           f"{args.command} ... --distributed); {', '.join(missing)} missing from the environment")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                         timeout=datetime.timedelta(seconds=timeout))
-    return device
+                                         timeout=datetime.timedelta(seconds=args.timeout))
+    try:
+        yield torch.distributed.get_rank(), device
+    except RuntimeError as error:
+        if str(error).startswith("distributed sweep"):
+            raise CommandError(str(error)) from None
+        raise
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _add_distributed_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--distributed", action="store_true", help=f"run as one rank of a torchrun job: {what} "
+                        "(NCCL on GPUs, gloo on CPUs)")
+    parser.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
+                        help="with --distributed: how long a rank waits for the others before failing (1800)")
 
 
 def _output(path: str) -> Path:
@@ -446,9 +466,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights, device)
     layer = _model_layer(model, args.layer, reference[0][0][None].to(device))
     space = _space(args.glove)
-    explainer = train_explainer(model, reference, layer, space, anno_rate=args.anno_rate, epochs=args.epochs,
-                                batch_size=args.batch_size, device=device, seed=args.seed,
-                                feature_cache=args.feature_cache, progress=args.progress)
+    with _process_group(args, device) as (rank, device):
+        model = model.to(device)
+        explainer = train_explainer(model, reference, layer, space, anno_rate=args.anno_rate, epochs=args.epochs,
+                                    batch_size=args.batch_size, device=device, seed=args.seed,
+                                    feature_cache=args.feature_cache, distributed=args.distributed,
+                                    progress=args.progress)
+    if rank != 0:
+        return 0  # every rank holds rank 0's head; rank 0 writes it
     explainer.save(out)
     print(f"trained an explainer for {layer} ({explainer.channels} filters) of {args.model} on {len(reference)} "
           f"reference images: {len(explainer.seen)} seen and {len(explainer.unseen)} unseen words, "
@@ -482,8 +507,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise CommandError("give the target images: --images DIR, --coco IMAGE_DIR ANNOTATIONS or --world N")
     out = _output(args.out)
     device = _device(args.device)
-    if args.distributed:
-        device = _join_process_group(device, args.timeout)
     explainer = Explainer.load(args.explainer)
     space = _space(args.glove)
     if explainer.space and explainer.space != space.name:
@@ -497,21 +520,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                                          num_workers=args.workers)
     wanted = args.layer or explainer.layer or None
     layer = None if wanted is None else _model_layer(model, wanted, None)
-    try:
+    with _process_group(args, device) as (rank, device):
+        model = model.to(device)
         result = explain(model, loader, explainer, layer=layer, filters=args.filters, method=args.method,
                          top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
                          vocabulary=vocabulary, device=device, checkpoint=args.checkpoint,
                          checkpoint_every=args.checkpoint_every, distributed=args.distributed,
                          progress=args.progress)
-    except RuntimeError as error:
-        if args.distributed and str(error).startswith("distributed sweep"):
-            raise CommandError(str(error)) from None
-        raise
-    finally:
-        if args.distributed:
-            rank = torch.distributed.get_rank()
-            torch.distributed.destroy_process_group()
-    if args.distributed and rank != 0:
+    if rank != 0:
         return 0  # every rank holds the result; rank 0 writes it
     result.settings["target"] = spec
     result.settings["model"] = {"model": str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model,
@@ -738,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive, default=256, help="head training batch (default 256)")
     train.add_argument("--seed", type=_non_negative, default=0, help="seed of the split and the head (default 0)")
     train.add_argument("--feature-cache", metavar="FILE.npy", help="keep the pooled features in this file")
+    _add_distributed_options(train, "each rank pools its share of the reference set, every rank trains on all of "
+                                    "it, rank 0 writes the explainer")
     train.add_argument("--out", required=True, metavar="FILE", help="the explainer file to write (.pt)")
     _add_common(train)
 
@@ -763,10 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "from it after a crash (the same command again)")
     explain.add_argument("--checkpoint-every", type=_positive, default=100, metavar="N",
                          help="batches between checkpoints (100)")
-    explain.add_argument("--distributed", action="store_true", help="run as one rank of a torchrun job: each rank "
-                         "reads its share of the images, rank 0 writes the merged result (NCCL on GPUs, gloo on CPUs)")
-    explain.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
-                         help="with --distributed: how long a rank waits for the others before failing (1800)")
+    _add_distributed_options(explain, "each rank reads its share of the images, rank 0 writes the merged result")
     explain.add_argument("--out", required=True, metavar="FILE", help="the result file to write (.json)")
     _add_common(explain)
 

@@ -305,6 +305,23 @@ def test_explain_distributed_under_torchrun_equals_one_process(capsys, files, ex
     assert two.thresholds == pytest.approx(one.thresholds, rel=0.02, abs=1e-3)  # the merged sketch's error
 
 
+def test_train_distributed_under_torchrun_equals_one_process(files, tmp_path):
+    from lavise_fast.explainer import Explainer
+
+    common = ["train", "--model", files["model"], "--layer", "3", *WORLD, "--epochs", "2", "--no-progress"]
+    assert cli.main([*common, "--out", str(tmp_path / "one.pt")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lavise_fast.cli", *common, "--distributed", "--timeout", "60",
+                           "--out", str(tmp_path / "two.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained an explainer for 3") == 1  # rank 0 reports and writes
+    one, two = (Explainer.load(tmp_path / name) for name in ("one.pt", "two.pt"))
+    assert (two.seen, two.unseen) == (one.seen, one.unseen)
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)  # float reductions: 1 thread vs 2
+
+
 def test_explain_distributed_outside_torchrun_and_checkpoint_resume(capsys, monkeypatch, files, explainer_file,
                                                                   tmp_path):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
