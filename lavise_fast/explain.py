@@ -38,7 +38,7 @@ from lavise_fast import distributed as distributed_sweep
 from lavise_fast import ops
 from lavise_fast._io import atomic_write_json
 from lavise_fast.checkpoint import SweepCheckpoint, digest
-from lavise_fast.explainer import Explainer
+from lavise_fast.explainer import Explainer, _fingerprint
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
 from lavise_fast.semantics import Vocabulary
@@ -206,8 +206,8 @@ def explain(
     if not isinstance(head, str) and len(names) > 1:
         raise ValueError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
     vocabulary = _vocabulary_for(explainers[names[0]], vocabulary)
-    for expl in explainers.values():
-        _vocabulary_for(expl, vocabulary)
+    for name in names[1:]:
+        _vocabulary_for(explainers[name], vocabulary)
     s = min(words_per_image, len(vocabulary.words))
     heads = {name: expl.to(device).eval() if head == "torch" else _head_for(head, expl, vocabulary, s)
              for name, expl in explainers.items()}
@@ -381,7 +381,7 @@ def _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_
     dataset = getattr(loader, "dataset", None)
     length = len(dataset) if hasattr(dataset, "__len__") else len(loader) if hasattr(loader, "__len__") else None
     return {
-        "model": digest(type(model).__qualname__, model), "layers": list(explainers), "dataset_length": length,
+        "model": _fingerprint(model), "layers": list(explainers), "dataset_length": length,
         "batch_size": getattr(loader, "batch_size", None), "method": method, "top_images": top_images,
         "words_per_image": s, "quantile": quantile,
         "filters": {name: None if f is None else [int(k) for k in f] for name, f in filters_of.items()},

@@ -412,16 +412,10 @@ def train_explainer(
 
 
 def _fingerprint(model: nn.Module, *parts: object) -> str:
-    """SHA-1 of the model's class, parameters and buffers, and ``parts``."""
-    import hashlib
+    """SHA-1 of the model's class, parameters and buffers, and ``parts`` (the checkpoints' digest)."""
+    from lavise_fast.checkpoint import digest
 
-    digest = hashlib.sha1(type(model).__qualname__.encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(repr(parts).encode())
-    return digest.hexdigest()
+    return digest(type(model).__qualname__, model, parts)
 
 
 def cache_dir() -> Path:
