@@ -8,7 +8,9 @@ CUDA build of ``lavise_fast._C``) is available.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import zlib
 
@@ -20,7 +22,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 # What the package caches (word embeddings, default explainers) goes to a folder of this run,
 # never to the user's home; the model hub is never asked.
-os.environ["LAVISE_FAST_CACHE"] = tempfile.mkdtemp(prefix="lavise_fast_test_cache_")
+# The folder is removed when the run ends, so repeated runs do not fill /tmp.
+_TEST_CACHE = tempfile.mkdtemp(prefix="lavise_fast_test_cache_")
+os.environ["LAVISE_FAST_CACHE"] = _TEST_CACHE
+atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Hypothesis profiles for the property tests (tests/test_ops_properties.py), chosen with the
