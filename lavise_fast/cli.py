@@ -396,6 +396,14 @@ def _output(path: str) -> Path:
     return out
 
 
+def _output_folder(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {path} is a file; with several explainers give a folder (one result per layer)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _space(glove: str | None):
     from lavise_fast import semantics
 
@@ -481,7 +489,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vocabulary(choice: str, explainer, space):
+def _vocabulary(choice: str, explainers, space):
     from lavise_fast import vocabularies
     from lavise_fast.semantics import Vocabulary
 
@@ -489,8 +497,8 @@ def _vocabulary(choice: str, explainer, space):
         words = vocabularies.entities()
     elif choice == "vg":
         words = vocabularies.visual_genome_labels()
-    elif choice == "explainer":
-        words = [*explainer.seen, *explainer.unseen]
+    elif choice == "explainer":  # every explainer's seen and unseen words, each once, in order
+        words = list(dict.fromkeys(w for e in explainers for w in (*e.seen, *e.unseen)))
     else:
         if not Path(choice).is_file():
             raise FileNotFoundError(f"--vocabulary {choice!r} is not entities, vg, explainer or an existing file")
@@ -505,41 +513,72 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     spec = _set_spec(args, allow_images=True)
     if spec is None:
         raise CommandError("give the target images: --images DIR, --coco IMAGE_DIR ANNOTATIONS or --world N")
-    out = _output(args.out)
+    several = len(args.explainer) > 1
+    if several and args.layer:
+        raise CommandError("--layer is for one explainer; with several, each explainer's own layer is explained")
+    out = _output_folder(args.out) if several else _output(args.out)
     device = _device(args.device)
-    explainer = Explainer.load(args.explainer)
+    explainers = [Explainer.load(path) for path in args.explainer]
     space = _space(args.glove)
-    if explainer.space and explainer.space != space.name:
-        raise CommandError(f"the explainer was trained in the word space {explainer.space!r}, not {space.name!r}"
-                           + ("" if args.glove else ": give --glove PATH"))
-    vocabulary = _vocabulary(args.vocabulary, explainer, space)
+    for path, explainer in zip(args.explainer, explainers, strict=True):
+        if explainer.space and explainer.space != space.name:
+            raise CommandError(f"the explainer {path} was trained in the word space {explainer.space!r}, not "
+                               f"{space.name!r}" + ("" if args.glove else ": give --glove PATH"))
+    if several:
+        _check_one_explainer_per_layer(args.explainer, explainers)
+    vocabulary = _vocabulary(args.vocabulary, explainers, space)
     target = open_set(spec, masks=False)
     images = target if spec["kind"] == "images" else ImagesOf(target)
     model = load_model(args.model, args.weights, device)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers)
-    wanted = args.layer or explainer.layer or None
-    layer = None if wanted is None else _model_layer(model, wanted, None)
+    if several:
+        layers = [_model_layer(model, e.layer, None) for e in explainers]
+        explainer, layer = dict(zip(layers, explainers, strict=True)), layers
+        filters = None if args.filters is None else dict.fromkeys(layers, args.filters)
+    else:
+        wanted = args.layer or explainers[0].layer or None
+        explainer, filters = explainers[0], args.filters
+        layer = None if wanted is None else _model_layer(model, wanted, None)
     with _process_group(args, device) as (rank, device):
         model = model.to(device)
-        result = explain(model, loader, explainer, layer=layer, filters=args.filters, method=args.method,
-                         top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
-                         vocabulary=vocabulary, device=device, checkpoint=args.checkpoint,
-                         checkpoint_every=args.checkpoint_every, distributed=args.distributed,
-                         progress=args.progress)
+        results = explain(model, loader, explainer, layer=layer, filters=filters, method=args.method,
+                          top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
+                          vocabulary=vocabulary, device=device, checkpoint=args.checkpoint,
+                          checkpoint_every=args.checkpoint_every, distributed=args.distributed,
+                          progress=args.progress)
     if rank != 0:
         return 0  # every rank holds the result; rank 0 writes it
-    result.settings["target"] = spec
-    result.settings["model"] = {"model": str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model,
-                                "weights": str(Path(args.weights).resolve()) if args.weights else None}
-    result.save(out)
-    print(f"explained {len(result.filters)} filters of {result.settings['layer']} on {result.settings['images']} "
-          f"images; wrote {out}")
-    for k, words in list(zip(result.filters, result.words, strict=True))[:5]:
-        print(f"  filter {k}: {', '.join(words[:5]) or '(no words)'}")
-    if len(result.filters) > 5:
-        print(f"  ... ({len(result.filters) - 5} more)")
+    if not several:
+        results = {results.settings["layer"]: results}
+    for name, result in results.items():
+        result.settings["target"] = spec
+        result.settings["model"] = {
+            "model": str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model,
+            "weights": str(Path(args.weights).resolve()) if args.weights else None,
+        }
+        path = out / f"{name}.json" if several else out
+        result.save(path)
+        print(f"explained {len(result.filters)} filters of {name} on {result.settings['images']} images; "
+              f"wrote {path}")
+        for k, words in list(zip(result.filters, result.words, strict=True))[:5]:
+            print(f"  filter {k}: {', '.join(words[:5]) or '(no words)'}")
+        if len(result.filters) > 5:
+            print(f"  ... ({len(result.filters) - 5} more)")
     return 0
+
+
+def _check_one_explainer_per_layer(paths: list[str], explainers) -> None:
+    """Several explainers must each name their layer, and no two the same one."""
+    seen: dict[str, str] = {}
+    for path, explainer in zip(paths, explainers, strict=True):
+        if not explainer.layer:
+            raise CommandError(f"the explainer {path} records no layer, so it cannot be told apart from the others; "
+                               "give it alone, with --layer")
+        if explainer.layer in seen:
+            raise CommandError(f"the explainers {seen[explainer.layer]} and {path} are both for layer "
+                               f"{explainer.layer!r}; give one explainer per layer")
+        seen[explainer.layer] = path
 
 
 def _result_set(args: argparse.Namespace, result, *, masks: bool, allow_images: bool):
@@ -644,11 +683,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    try:
-        from lavise_fast.onnx import export_onnx
-    except ImportError:
-        raise CommandError("ONNX export is not available yet in this version of lavise_fast") from None
     from lavise_fast.explainer import Explainer
+    from lavise_fast.onnx import export_onnx
 
     if args.explainer is None or args.out is None:
         raise CommandError("give the explainer file and --out FILE.onnx")
@@ -657,7 +693,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     vocabulary = None
     if args.vocabulary is not None:
         space = _space(args.glove)
-        vocabulary = _vocabulary(args.vocabulary, explainer, space)
+        vocabulary = _vocabulary(args.vocabulary, [explainer], space)
     export_onnx(explainer, out, vocabulary=vocabulary)
     print(f"wrote {out}")
     return 0
@@ -685,6 +721,8 @@ _EXAMPLES = {
       --method activation --top-images 50 --out result.json
   lavise-fast explain --model resnet50 --weights r50.pth --explainer e.pt --images imagenet/val/ \\
       --checkpoint sweep-ckpt/ --out result.json             # run it again after a crash to resume
+  lavise-fast explain --model resnet50 --weights r50.pth --explainer e3.pt e4.pt --images photos/ \
+      --out results/                     # layer3 and layer4 in one pass: results/layer3.json, results/layer4.json
   torchrun --nproc-per-node 4 -m lavise_fast.cli explain --distributed --model resnet50 --weights r50.pth \\
       --explainer e.pt --images imagenet/val/ --out result.json""",
     "evaluate": """examples:
@@ -761,7 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = add("explain", "describe every filter of a layer in words over a set of target images")
     _add_model_options(explain, layer=True)
-    explain.add_argument("--explainer", required=True, metavar="FILE", help="an explainer written by train")
+    explain.add_argument("--explainer", required=True, nargs="+", metavar="FILE",
+                         help="an explainer written by train; several (one per layer) explain their layers in one "
+                              "pass, and --out is then a folder that gets LAYER.json for each")
     _add_set_options(explain, images=True, vg=False, title="target images (one of)")
     explain.add_argument("--vocabulary", default="entities", metavar="WORDS",
                          help="entities (the 1,202 LaViSE entities, default), vg (Visual Genome labels), explainer "
@@ -782,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--checkpoint-every", type=_positive, default=100, metavar="N",
                          help="batches between checkpoints (100)")
     _add_distributed_options(explain, "each rank reads its share of the images, rank 0 writes the merged result")
-    explain.add_argument("--out", required=True, metavar="FILE", help="the result file to write (.json)")
+    explain.add_argument("--out", required=True, metavar="FILE",
+                         help="the result file to write (.json); with several explainers, a folder")
     _add_common(explain)
 
     evaluate = add("evaluate", "recall@5/10/20 of a result's words against object masks, seen and unseen words "

@@ -255,6 +255,47 @@ def test_explain_and_evaluate_on_the_world(capsys, files, explainer_file, tmp_pa
     assert "recall" in report.read_text(encoding="utf-8")
 
 
+def test_several_explainers_explain_their_layers_in_one_pass(capsys, files, explainer_file, tmp_path):
+    """Two explainers (layers "1" and "3") in one call write one result per layer into the --out folder,
+    each equal to the one-explainer run of its layer, whatever the order of the explainers."""
+    from lavise_fast.explainer import Explainer
+
+    early = str(tmp_path / "early.pt")
+    assert cli.main(["train", "--model", files["model"], "--layer", "1", *WORLD, "--epochs", "2", "--no-progress",
+                     "--out", early]) == 0
+    words = tmp_path / "words.txt"  # the vocabulary of both runs: every word of both explainers
+    union = dict.fromkeys(w for path in (early, explainer_file) for e in [Explainer.load(path)]
+                          for w in (*e.seen, *e.unseen))
+    words.write_text("\n".join(union), encoding="utf-8")
+    common = ["--model", files["model"], "--images", files["images"], "--resize", "40", "--crop", "32",
+              "--vocabulary", str(words), "--top-images", "3", "--num-words", "4", "--batch-size", "4",
+              "--no-progress"]
+    folder, swapped = tmp_path / "results", tmp_path / "swapped"
+    code, out, _ = run(capsys, "explain", *common, "--explainer", early, explainer_file, "--out", str(folder))
+    assert code == 0, out
+    assert sorted(p.name for p in folder.iterdir()) == ["1.json", "3.json"]
+    assert "explained 8 filters of 1" in out and "explained 12 filters of 3" in out
+    assert cli.main(["explain", *common, "--explainer", explainer_file, early, "--out", str(swapped)]) == 0
+    for layer, explainer in (("1", early), ("3", explainer_file)):
+        single = tmp_path / f"single{layer}.json"
+        assert cli.main(["explain", *common, "--explainer", explainer, "--out", str(single)]) == 0
+        one = ExplainResult.load(single)
+        assert one.settings["layer"] == layer
+        for other in (ExplainResult.load(folder / f"{layer}.json"), ExplainResult.load(swapped / f"{layer}.json")):
+            assert other.settings["layer"] == layer
+            assert other.words == one.words and other.top_images == one.top_images
+    capsys.readouterr()
+    line = one_line_error(capsys, "explain", *common, "--explainer", explainer_file, explainer_file,
+                          "--out", str(folder))
+    assert "both for layer '3'" in line
+    line = one_line_error(capsys, "explain", *common, "--layer", "3", "--explainer", early, explainer_file,
+                          "--out", str(folder))
+    assert "--layer is for one explainer" in line
+    line = one_line_error(capsys, "explain", *common, "--explainer", early, explainer_file,
+                          "--out", str(tmp_path / "single1.json"))
+    assert "is a file" in line and "folder" in line
+
+
 def test_torchvision_model_with_weights(capsys, tmp_path, files, explainer_file):
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.get_model("squeezenet1_1", weights=None, num_classes=5)
