@@ -105,7 +105,7 @@ def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torc
     up = F.interpolate(a, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     mask = up > thresholds[filt][:, None, None]
     masked = images[rows] * mask[:, None].to(images.dtype)
-    return tap(masked)[layer].float().mean((2, 3))
+    return tap(masked, only=[layer])[layer].float().mean((2, 3))
 
 
 @torch.no_grad()

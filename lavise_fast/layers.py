@@ -58,6 +58,7 @@ class LayerFeatures:
         self.stop_early = stop_early
         self.layers = dict(resolve_layer(model, layer) for layer in layers)
         self._outputs: dict[str, torch.Tensor] = {}
+        self._wanted: set[str] = set(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> LayerFeatures:
@@ -75,21 +76,27 @@ class LayerFeatures:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
             self._outputs[name] = output
-            if self.stop_early and len(self._outputs) == len(self.layers):
+            if self.stop_early and self._wanted.issubset(self._outputs):
                 raise _Stop
 
         return hook
 
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Runs the model on ``images`` and returns each layer's output (4-D ``[N, C, H, W]``)."""
+    def __call__(self, images: torch.Tensor, only: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Runs the model on ``images`` and returns each layer's output (4-D ``[N, C, H, W]``);
+        with ``only`` (names among the layers), the pass stops once those have run, and the dict
+        holds them (and any other layer that ran before them)."""
         if not self._handles:
             raise RuntimeError("use LayerFeatures as a context manager: `with LayerFeatures(model, layers) as tap:`")
-        self._outputs = {}
+        wanted = set(self.layers) if only is None else set(only)
+        unknown = sorted(wanted - set(self.layers))
+        if unknown:
+            raise ValueError(f"only= names layers this LayerFeatures does not capture: {unknown}")
+        self._outputs, self._wanted = {}, wanted
         try:
             self.model(images)
         except _Stop:
             pass
-        missing = [name for name in self.layers if name not in self._outputs]
+        missing = [name for name in self.layers if name in wanted and name not in self._outputs]
         if missing:
             raise RuntimeError(f"the forward pass of {type(self.model).__name__} never ran layer(s) {missing}")
         for name, out in self._outputs.items():

@@ -62,6 +62,24 @@ def test_several_layers_in_one_pass(resnet):
     torch.testing.assert_close(out["layer4"], layer_features(resnet, "layer4", x))
 
 
+def test_only_stops_at_the_named_layers(resnet):
+    """``tap(x, only=[...])`` runs the model only as far as those layers (the ``image`` method of a
+    several-layer sweep runs each masked image to its own layer), with the same features."""
+    x = torch.randn(2, 3, 64, 64)
+    ran = []
+    handle = resnet.layer3.register_forward_hook(lambda *args: ran.append("layer3"))
+    try:
+        with LayerFeatures(resnet, ["layer4", "layer2"]) as tap:
+            out = tap(x, only=["layer2"])
+            assert ran == [] and set(out) == {"layer2"}
+            assert set(tap(x)) == {"layer2", "layer4"} and ran == ["layer3"]  # without only=: every layer
+            with pytest.raises(ValueError, match=r"only= names layers .*\['layer3'\]"):
+                tap(x, only=["layer3"])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(out["layer2"], layer_features(resnet, "layer2", x))
+
+
 def test_default_layer_is_the_last_spatial_map(resnet):
     assert default_layer(resnet, torch.randn(1, 3, 64, 64)) == "layer4"  # avgpool's 1x1 output is skipped
     assert default_layer(vgg_like(), torch.randn(1, 3, 10, 10)) == "4"  # the ReLU after the last conv
