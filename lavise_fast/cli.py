@@ -289,34 +289,24 @@ def _add_set_options(parser: argparse.ArgumentParser, *, images: bool, vg: bool,
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(kind: type, expected: str, ok):
+    """An argparse ``type=``: ``kind(text)``, refused with "expected <expected>" unless ``ok(value)``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
+_positive = _number(int, "a positive integer", lambda v: v >= 1)
+_non_negative = _number(int, "an integer >= 0", lambda v: v >= 0)
+_fraction = _number(float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 
 
 def _filters(text: str) -> list[int]:
