@@ -171,8 +171,12 @@ def pool_reference(
     the model.
 
     ``distributed``: the ranks of the initialised ``torch.distributed`` process group each pool
-    their share of the items (r, r + W, ...), then gather every rank's rows back into the items'
-    order, so every rank returns what one process would (in memory; rank 0 writes ``cache``).
+    their share of the items (r, r + W, ...) and every rank returns what one process would, the
+    rows in the items' order. Without ``cache`` the rows are gathered in memory. With ``cache``
+    each rank writes its rows to a file beside it and rank 0 puts them in order into the ``.npy``,
+    which every rank then maps, so no rank holds the set in memory; that needs a folder all ranks
+    see (one machine, or a shared file system), and where rank 0 cannot see the other ranks'
+    files the rows are gathered in memory instead and rank 0 writes the cache.
     """
     from tqdm import tqdm
 
@@ -197,9 +201,10 @@ def pool_reference(
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_reference)
     vectors, labels, counts = [], [], []
-    raw = None
-    if cache is not None and shard is None:
-        raw = tempfile.NamedTemporaryFile(dir=cache.parent, prefix=f".{cache.name}.", suffix=".raw")
+    raw, channels = None, 0
+    if cache is not None:
+        part = "" if shard is None else f"rank{shard.rank}."
+        raw = tempfile.NamedTemporaryFile(dir=cache.parent, prefix=f".{cache.name}.{part}", suffix=".raw")
     model.eval()
     try:
         with LayerFeatures(model, [name]) as tap:
@@ -217,15 +222,24 @@ def pool_reference(
                     vectors.append(pooled)
                 labels += names
                 channels = pooled.shape[1]
+        if raw is not None:
+            raw.flush()
+        if shard is not None and raw is not None:
+            merged = _merge_shard_files(Path(raw.name), labels, counts, channels, cache, meta_path, key, len(reference))
+            if merged is not None:
+                return merged[0], merged[1], name
+            # rank 0 cannot see the other ranks' files: gather the rows in memory instead
+            vectors = [torch.from_numpy(np.fromfile(raw.name, dtype=np.float32).reshape(len(labels), channels))]
         if shard is not None:
             vectors, labels = _in_item_order(vectors, labels, counts, len(reference))
             if labels and cache is not None and shard.rank == 0:
                 _write_pooled(vectors[0], cache, meta_path, labels, key)
+            if labels:
+                return vectors[0], labels, name
         if not labels:
             raise ValueError("the reference set holds no object (no mask with a label)")
         if raw is None:
             return torch.cat(vectors), labels, name
-        raw.flush()
         _write_pooled(Path(raw.name), cache, meta_path, labels, key, (len(labels), channels))
     finally:
         if raw is not None:
@@ -249,24 +263,76 @@ def _reference_batches(loader, batch_size: int):
         start += batch_size
 
 
+def _item_runs(counts: list[torch.Tensor], length: int):
+    """For the items 0 .. length - 1 in order, sharded r, r + W, ... over the ranks (``counts[r]``:
+    objects per item of rank r), (rank, first row in that rank's rows, rows) of each item with objects."""
+    starts = [(torch.cumsum(c, 0) - c).tolist() for c in counts]
+    world = len(counts)
+    for i in range(length):
+        rank, j = i % world, i // world
+        n = int(counts[rank][j])
+        if n:
+            yield rank, starts[rank][j], n
+
+
+def _shard_counts(counts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64)
+
+
 def _in_item_order(vectors: list[torch.Tensor], labels: list[str], counts: list[torch.Tensor],
                    length: int) -> tuple[list[torch.Tensor], list[str]]:
     """Every rank's pooled rows (of its items r, r + W, ...; ``counts`` objects per item) gathered and
     put back in the order of the items: ([vectors [objects, C]] or [], labels)."""
-    mine = (torch.cat(vectors) if vectors else None, labels,
-            torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64))
+    mine = (torch.cat(vectors) if vectors else None, labels, _shard_counts(counts))
     gathered = distributed_sweep.all_gather(mine, "the pooled reference features")
-    starts = [(torch.cumsum(c, 0) - c).tolist() for _, _, c in gathered]
-    world = len(gathered)
     parts, ordered = [], []
-    for i in range(length):
-        rank, j = i % world, i // world
-        rows, names, count = gathered[rank]
-        n, start = int(count[j]), starts[rank][j]
-        if n:
-            parts.append(rows[start : start + n])
-            ordered += names[start : start + n]
+    for rank, start, n in _item_runs([c for _, _, c in gathered], length):
+        rows, names, _ = gathered[rank]
+        parts.append(rows[start : start + n])
+        ordered += names[start : start + n]
     return ([torch.cat(parts)] if parts else []), ordered
+
+
+def _all_readable(files: list[Path], sizes: list[int]) -> bool:
+    """Whether this process sees every file, each of its size in bytes (the ranks' row files)."""
+    return all(f.is_file() and f.stat().st_size == size for f, size in zip(files, sizes, strict=True))
+
+
+def _merge_shard_files(raw: Path, labels: list[str], counts: list[torch.Tensor], channels: int, cache: Path,
+                       meta_path: Path, key: str, length: int) -> tuple[np.ndarray, list[str]] | None:
+    """Every rank's rows are in its file ``raw`` (float32 [its objects, C]); rank 0 writes them in the
+    items' order to ``cache`` and every rank maps it: (vectors, labels). None (on every rank) when
+    rank 0 cannot read some rank's file, or when the set holds no object."""
+    mine = (str(raw), labels, _shard_counts(counts), channels)
+    gathered = distributed_sweep.all_gather(mine, "the pooled reference features' files")
+    channels = max(c for *_, c in gathered)
+    runs = list(_item_runs([c for _, _, c, _ in gathered], length))
+    ordered = [name for rank, start, n in runs for name in gathered[rank][1][start : start + n]]
+    written = None
+    if distributed_sweep.current_shard().rank == 0 and ordered:
+        files = [Path(path) for path, *_ in gathered]
+        written = _all_readable(files, [len(names) * channels * 4 for _, names, _, _ in gathered])
+        if written:
+            rows = [np.memmap(f, dtype=np.float32, mode="r", shape=(len(names), channels)) if names else None
+                    for f, (_, names, _, _) in zip(files, gathered, strict=True)]
+
+            def copy(out) -> None:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (len(ordered), channels)}
+                np.lib.format.write_array_header_1_0(out, header)
+                for rank, start, n in runs:
+                    out.write(np.ascontiguousarray(rows[rank][start : start + n]).tobytes())
+
+            meta_path.unlink(missing_ok=True)
+            atomic_write(cache, copy)
+            atomic_write_json(meta_path, {"format": "lavise_fast.pooled/1", "key": key, "labels": ordered})
+    if not distributed_sweep.all_gather(written, "whether rank 0 merged the pooled features")[0]:
+        return None
+    merged = _read_pooled(cache, meta_path, key)
+    if merged is None:
+        raise RuntimeError(f"distributed training: rank {distributed_sweep.current_shard().rank} cannot read the "
+                           f"pooled-feature cache {cache} that rank 0 wrote; give a feature cache in a folder "
+                           "every rank sees")
+    return merged
 
 
 def _write_pooled(rows: Path | torch.Tensor, path: Path, meta_path: Path, labels: list[str], key: str,

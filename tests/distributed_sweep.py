@@ -12,12 +12,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sweep_setup as setup  # noqa: E402
 
+import lavise_fast.explainer as explainer_module  # noqa: E402
 from lavise_fast.explain import explain  # noqa: E402
 
 # name: (images, batch size, layers, method). The sizes give no process a batch of one image: oneDNN
@@ -49,8 +51,21 @@ def main() -> None:
         results[name] = {k: asdict(r) for k, r in result.items()} if isinstance(result, dict) else asdict(result)
         results[name]["_loaded"] = dataset.loaded
     vectors, labels, expl = setup.reference_training(distributed=True)
+    cached = {}
+    # The feature cache: merged from the ranks' files (one folder here), then again as if rank 0 could not
+    # see the other rank's file (another machine), which gathers the rows in memory instead.
+    for name in ("merged", "gathered"):
+        if name == "gathered" and dist.get_rank() == 0:
+            explainer_module._all_readable = lambda files, sizes: False
+        rows, names, _ = setup.pooled(distributed=True, cache=f"{args.out}.{name}.npy")
+        cached[name] = {"type": type(rows).__name__, "vectors": torch.from_numpy(np.array(rows)),
+                        "labels": names}
     if dist.get_rank() == 0:
         torch.save({"vectors": vectors, "labels": labels, "head": expl.state_dict()}, args.out + ".training.pt")
+    gathered_cache = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered_cache, cached)
+    if dist.get_rank() == 0:
+        torch.save(gathered_cache, args.out + ".cache.pt")
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, {name: r.pop("_loaded") for name, r in results.items()})
     if dist.get_rank() == 0:

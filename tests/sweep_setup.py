@@ -90,17 +90,26 @@ def same(a, b) -> None:
     assert a.settings == b.settings
 
 
+def pooled(distributed: bool = False, cache=None):
+    """The pooled reference features (block2) of the small ConceptWorld of :func:`reference_training`."""
+    from lavise_fast.data.world import ConceptWorld
+    from lavise_fast.explainer import pool_reference
+
+    world = ConceptWorld(size=20, image_size=24, seed=0)
+    return pool_reference(tiny_model(), world, "block2", batch_size=8, distributed=distributed, cache=cache,
+                          progress=False)
+
+
 def reference_training(distributed: bool = False) -> tuple[torch.Tensor, list[str], Explainer]:
     """The pooled reference features (block2) of a small ConceptWorld and an explainer trained on them."""
     import torch
 
     from lavise_fast.data.world import ConceptWorld
-    from lavise_fast.explainer import pool_reference, train_explainer
+    from lavise_fast.explainer import train_explainer
 
     world = ConceptWorld(size=20, image_size=24, seed=0)
     g = torch.Generator().manual_seed(4)
     space = Static(world.concepts, torch.randn(len(world.concepts), DIM, generator=g), name="sweep-test")
-    vectors, labels, _ = pool_reference(tiny_model(), world, "block2", batch_size=8, distributed=distributed,
-                                        progress=False)
+    vectors, labels, _ = pooled(distributed)
     expl = train_explainer(tiny_model(), world, "block2", space, epochs=2, distributed=distributed, progress=False)
     return vectors, labels, expl

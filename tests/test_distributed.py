@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sweep_setup as setup
 import torch
@@ -66,6 +67,19 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path):
     assert training["labels"] == labels and torch.equal(training["vectors"], vectors)
     for name, value in expl.state_dict().items():
         assert torch.equal(training["head"][name], value), name
+    # the feature cache: merged from the ranks' files into one .npy that every rank maps, or (rank 0 blind to
+    # the other rank's file) gathered in memory; the same rows either way, and no rank file left behind
+    for rank in torch.load(str(out) + ".cache.pt", weights_only=False):
+        assert rank["merged"]["type"] == "memmap" and rank["gathered"]["type"] == "Tensor"
+        for name in ("merged", "gathered"):
+            assert rank[name]["labels"] == labels and torch.equal(rank[name]["vectors"], vectors), name
+    assert not list(tmp_path.glob(".*.raw"))
+    for name in ("merged", "gathered"):  # one process reads what the ranks wrote, with the same key
+        path = tmp_path / f"results.json.{name}.npy"
+        written = path.stat().st_mtime_ns
+        rows, names, _ = setup.pooled(cache=path)
+        assert path.stat().st_mtime_ns == written and names == labels
+        assert torch.equal(torch.from_numpy(np.array(rows)), vectors)
     # each rank read its own share of the images in the pass (23 and 22 of 45)
     assert [loaded["layers"] for loaded in data["loaded"]] == [23, 22]
     assert [loaded["exact"] for loaded in data["loaded"]][0] >= 6
