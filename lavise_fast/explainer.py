@@ -233,14 +233,14 @@ def pool_reference(
         if shard is not None:
             vectors, labels = _in_item_order(vectors, labels, counts, len(reference))
             if labels and cache is not None and shard.rank == 0:
-                _write_pooled(vectors[0], cache, meta_path, labels, key)
+                _write_pooled([vectors[0].numpy()], vectors[0].shape, cache, meta_path, labels, key)
             if labels:
                 return vectors[0], labels, name
         if not labels:
             raise ValueError("the reference set holds no object (no mask with a label)")
         if raw is None:
             return torch.cat(vectors), labels, name
-        _write_pooled(Path(raw.name), cache, meta_path, labels, key, (len(labels), channels))
+        _write_pooled(_file_chunks(Path(raw.name)), (len(labels), channels), cache, meta_path, labels, key)
     finally:
         if raw is not None:
             raw.close()
@@ -315,16 +315,8 @@ def _merge_shard_files(raw: Path, labels: list[str], counts: list[torch.Tensor],
         if written:
             rows = [np.memmap(f, dtype=np.float32, mode="r", shape=(len(names), channels)) if names else None
                     for f, (_, names, _, _) in zip(files, gathered, strict=True)]
-
-            def copy(out) -> None:
-                header = {"descr": "<f4", "fortran_order": False, "shape": (len(ordered), channels)}
-                np.lib.format.write_array_header_1_0(out, header)
-                for rank, start, n in runs:
-                    out.write(np.ascontiguousarray(rows[rank][start : start + n]).tobytes())
-
-            meta_path.unlink(missing_ok=True)
-            atomic_write(cache, copy)
-            atomic_write_json(meta_path, {"format": "lavise_fast.pooled/1", "key": key, "labels": ordered})
+            chunks = (rows[rank][start : start + n] for rank, start, n in runs)
+            _write_pooled(chunks, (len(ordered), channels), cache, meta_path, ordered, key)
     if not distributed_sweep.all_gather(written, "whether rank 0 merged the pooled features")[0]:
         return None
     merged = _read_pooled(cache, meta_path, key)
@@ -335,23 +327,25 @@ def _merge_shard_files(raw: Path, labels: list[str], counts: list[torch.Tensor],
     return merged
 
 
-def _write_pooled(rows: Path | torch.Tensor, path: Path, meta_path: Path, labels: list[str], key: str,
-                  shape: tuple[int, int] | None = None) -> None:
-    """Writes the pooled vectors (a tensor, or the raw float32 rows of ``shape`` in the file ``rows``) to
-    the ``.npy`` file ``path`` and the labels to its ``.json``, atomically."""
+def _write_pooled(chunks, shape: tuple[int, int], path: Path, meta_path: Path, labels: list[str], key: str) -> None:
+    """Writes the pooled vectors, float32 rows of ``shape`` given in order by ``chunks`` (arrays or
+    bytes), to the ``.npy`` file ``path`` and the labels to its ``.json``, atomically."""
 
     def copy(out) -> None:
-        if torch.is_tensor(rows):
-            np.save(out, rows.numpy())
-            return
-        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
-        with open(rows, "rb") as src:
-            while chunk := src.read(64 << 20):
-                out.write(chunk)
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+        for chunk in chunks:
+            out.write(chunk if isinstance(chunk, bytes) else np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
 
     meta_path.unlink(missing_ok=True)  # never an old key beside new vectors, should the second write fail
     atomic_write(path, copy)
     atomic_write_json(meta_path, {"format": "lavise_fast.pooled/1", "key": key, "labels": labels})
+
+
+def _file_chunks(path: Path, size: int = 64 << 20):
+    """The bytes of the file ``path``, ``size`` at a time."""
+    with open(path, "rb") as src:
+        while chunk := src.read(size):
+            yield chunk
 
 
 def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, list[str]] | None:

@@ -331,14 +331,19 @@ def test_demo_command_prints_the_summary(capsys, monkeypatch, tmp_path):
     assert (tmp_path / "demo" / "report.html").is_file()
 
 
+def torchrun_cli(*argv: str) -> subprocess.CompletedProcess:
+    """``lavise-fast *argv --distributed`` in two gloo processes under torchrun (one thread each)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lavise_fast.cli", *argv, "--distributed", "--timeout", "60"], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_explain_distributed_under_torchrun_equals_one_process(capsys, files, explainer_file, tmp_path):
     common = ["explain", "--model", files["model"], "--explainer", explainer_file, *WORLD, "--vocabulary",
               "explainer", "--top-images", "4", "--batch-size", "4", "--no-progress"]  # 12 images per rank
     assert cli.main([*common, "--out", str(tmp_path / "one.json")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "lavise_fast.cli", *common, "--distributed", "--timeout", "60",
-                           "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_cli(*common, "--out", str(tmp_path / "two.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("explained 12 filters of 3 on 24 images") == 1  # rank 0 reports and writes
     one, two = (ExplainResult.load(tmp_path / name) for name in ("one.json", "two.json"))
@@ -351,10 +356,7 @@ def test_train_distributed_under_torchrun_equals_one_process(files, tmp_path):
 
     common = ["train", "--model", files["model"], "--layer", "3", *WORLD, "--epochs", "2", "--no-progress"]
     assert cli.main([*common, "--out", str(tmp_path / "one.pt")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "lavise_fast.cli", *common, "--distributed", "--timeout", "60",
-                           "--out", str(tmp_path / "two.pt")], env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_cli(*common, "--out", str(tmp_path / "two.pt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained an explainer for 3") == 1  # rank 0 reports and writes
     one, two = (Explainer.load(tmp_path / name) for name in ("one.pt", "two.pt"))
