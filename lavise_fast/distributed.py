@@ -55,10 +55,16 @@ def shard_loader(loader, shard: Shard) -> tuple[DataLoader, torch.Tensor]:
 
 def all_gather(obj, what: str) -> list:
     """Every rank's ``obj`` (picklable), in rank order. A failed collective (most often a rank that
-    died, or the process group's timeout passing) becomes a RuntimeError saying so."""
+    died, or the process group's timeout passing) becomes a RuntimeError saying so.
+
+    The barrier after the gather is there for the process's exit: gloo's worker thread releases the
+    gather's tensors (Python objects) after ``all_gather_object`` has returned, and doing so while the
+    interpreter shuts down aborts the process ("terminate called without an active exception"); the
+    barrier holds no Python tensor, and by the time it returns the gather has been released."""
     gathered = [None] * dist.get_world_size()
     try:
         dist.all_gather_object(gathered, obj)
+        dist.barrier()
     except Exception as error:  # DistBackendError, DistNetworkError, RuntimeError from gloo or NCCL
         raise RuntimeError(
             f"distributed sweep, rank {dist.get_rank()} of {dist.get_world_size()}: exchanging {what} with the other "

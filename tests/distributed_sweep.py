@@ -70,6 +70,7 @@ def main() -> None:
     dist.all_gather_object(gathered, {name: r.pop("_loaded") for name, r in results.items()})
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps({"results": results, "loaded": gathered}))
+    dist.barrier()  # see lavise_fast.distributed.all_gather: the gathers above are released before the exit
     dist.destroy_process_group()
 
 
