@@ -58,8 +58,8 @@ def main() -> None:
         if name == "gathered" and dist.get_rank() == 0:
             explainer_module._all_readable = lambda files, sizes: False
         rows, names, _ = setup.pooled(distributed=True, cache=f"{args.out}.{name}.npy")
-        cached[name] = {"type": type(rows).__name__, "vectors": torch.from_numpy(np.array(rows)),
-                        "labels": names}
+        rows_now = torch.as_tensor(np.array(rows) if isinstance(rows, np.ndarray) else rows)
+        cached[name] = {"type": type(rows).__name__, "vectors": rows_now, "labels": names}
     if dist.get_rank() == 0:
         torch.save({"vectors": vectors, "labels": labels, "head": expl.state_dict()}, args.out + ".training.pt")
     gathered_cache = [None] * dist.get_world_size()
