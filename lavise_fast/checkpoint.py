@@ -20,7 +20,7 @@ from lavise_fast._io import atomic_torch_save, read_torch_file
 
 __all__ = ["SweepCheckpoint", "digest"]
 
-FORMAT = "lavise_fast.sweep/1"
+FORMAT = "lavise_fast.sweep/2"  # /2: the top pairs keep embeddings, not word indices
 
 
 def digest(*parts: object) -> str:

@@ -33,6 +33,7 @@ from torch import nn
 
 from lavise_fast._io import atomic_write, atomic_write_json
 from lavise_fast.demo import ImagesOf
+from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
@@ -419,11 +420,24 @@ def _fmt(value) -> str:
 
 
 def _recall_lines(evaluation: dict) -> list[str]:
-    lines = ["          recall@5  recall@10  recall@20  pairs"]
+    lines = ["          recall@5  recall@10  recall@20  pairs | recall@10: chance  shuffled   gain"]
     for part, scores in (("all", evaluation), ("seen", evaluation.get("seen", {})),
                          ("unseen", evaluation.get("unseen", {}))):
+        beside = [(scores.get(key) or {}).get("recall@10") for key in ("chance", "shuffled", "gain")]
         lines.append(f"  {part:<8}{_fmt(scores.get('recall@5')):>8}{_fmt(scores.get('recall@10')):>11}"
-                     f"{_fmt(scores.get('recall@20')):>11}{scores.get('pairs', 0):>7}")
+                     f"{_fmt(scores.get('recall@20')):>11}{scores.get('pairs', 0):>7} |"
+                     f"{_fmt(beside[0]):>16}{_fmt(beside[1]):>10}{_fmt(beside[2]):>7}")
+    for part, rank in (evaluation.get("rank") or {}).items():
+        lines.append(f"  mean rank of the {part} ground-truth words among the {rank.get('words')} {part} words: "
+                     f"{_fmt(rank.get('mean'))} (chance {_fmt(rank.get('chance'))})")
+    strong = (evaluation.get("dissection_in_top") or {}).get("iou>=0.1") or {}
+    if strong:
+        lines.append(f"  Network-Dissection label among the first 1/3/5 words of the {strong.get('filters')} filters "
+                     f"with ND IoU >= 0.1: " + " / ".join(_fmt(strong.get(n)) for n in ("1", "3", "5")))
+    sim = evaluation.get("simulation") or {}
+    if sim:
+        lines.append(f"  simulation score: words {_fmt(sim.get('words'))}, ND labels {_fmt(sim.get('dissection'))}, "
+                     f"random words {_fmt(sim.get('random'))}")
     return lines
 
 
@@ -533,7 +547,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     with _process_group(args, device) as (rank, device):
         model = model.to(device)
         results = explain(model, loader, explainer, layer=layer, filters=filters, method=args.method,
-                          top_images=args.top_images, words_per_image=args.words_per_image, num_words=args.num_words,
+                          scoring=args.scoring, top_images=args.top_images, words_per_image=args.words_per_image,
+                          num_words=args.num_words,
                           vocabulary=vocabulary, device=device, checkpoint=args.checkpoint,
                           checkpoint_every=args.checkpoint_every, distributed=args.distributed,
                           progress=args.progress)
@@ -799,11 +814,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--glove", metavar="PATH", help="the GloVe file the explainer was trained with")
     explain.add_argument("--method", choices=("projection", "activation", "image", "original"), default="projection",
                          help="inference method (default projection, the paper's)")
+    explain.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
+                         help=f"how a filter's top images become its words (default {DEFAULT_SCORING}: how much more "
+                              "its top images evoke a word than the layer's images do; vote: the paper's flat vote)")
     explain.add_argument("--filters", type=_filters, metavar="LIST", help="filters to explain, e.g. 0-9,12 "
                          "(default all)")
     explain.add_argument("--top-images", type=_positive, default=25, metavar="P", help="images per filter (25)")
     explain.add_argument("--words-per-image", type=_positive, default=5, metavar="S",
-                         help="words each top image votes for (5)")
+                         help="words each top image votes for, with --scoring vote (5)")
     explain.add_argument("--num-words", type=_positive, default=10, metavar="N", help="words kept per filter (10)")
     explain.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
     explain.add_argument("--workers", type=_non_negative, default=0, help="DataLoader workers reading images (0)")

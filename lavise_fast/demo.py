@@ -40,6 +40,8 @@ from torch import nn
 
 from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json
 from lavise_fast.data.world import ConceptWorld
+from lavise_fast.diagnostics import word_statistics
+from lavise_fast.scoring import DEFAULT_SCORING
 
 __all__ = [
     "DEMO_MODELS",
@@ -66,22 +68,22 @@ _FORMAT = "lavise_fast.demo_model/1"
 class DemoSettings:
     """Everything the demo's numbers depend on. The defaults are the demo ``lavise-fast demo`` runs.
 
-    World: ``image_size`` pixels, ``objects_per_image``, ``seed``; its first ``reference_size`` items are
-    the reference part, the next ``target_size`` the target part. The target CNN (``small-resnet``)
-    trains for ``epochs`` passes over ``train_size`` images of its own (drawn with seed ``seed + 1``, so
-    never the reference or target images; by default one pass, every image new), batch ``batch_size``,
+    World: ``image_size`` pixels, ``objects_per_image``, ``seed``, ``attribute_regions``; its first
+    ``reference_size`` items are the reference part, the next ``target_size`` the target part. The
+    target CNN (``small-resnet``) trains for ``epochs`` passes over ``train_size`` images of its own
+    (drawn with seed ``seed + 1``, so never the reference or target images), batch ``batch_size``,
     AdamW with a one-cycle schedule peaking at ``lr``; ``widths`` are the channels of its stem and its
-    three stages. The explainer trains on the reference part with ``anno_rate`` for ``explainer_epochs``
-    epochs; ``explain`` keeps ``top_images`` (P) images per filter, each voting for ``words_per_image``
-    (s) words of the 32-word vocabulary, and ``num_words`` words per filter. ``layer``: the explained
-    layer (None: the model's default).
+    three stages. The explainer trains on the reference part for ``explainer_epochs`` epochs, with
+    the seen words of ``ConceptWorld.split_words(anno_rate, seed)`` (variants held out of families
+    whose base concept stays seen); ``explain`` keeps ``top_images`` (P) images per filter, scores
+    the 36-word vocabulary with ``scoring`` (``words_per_image``, s, is the vote's) and keeps
+    ``num_words`` words per filter. ``layer``: the explained layer (None: the model's default).
 
-    Why these: 64-px images keep the CPU training short (24,000 images, one pass, about 45 s on 2
-    idle cores); the small ResNet learns colours and backgrounds fully and patterns partly in that
-    budget, shapes hardly; ``layer2`` (64 filters, 8x8) named its filters' concepts better than
-    ``layer3`` in the seeds tried; with a 32-word vocabulary, s = 10 (a third of it) lets the
-    unseen words, which rank below the seen ones, still be voted for (s = 5 suits the paper's ~1,200
-    entities).
+    Why these (bench/RESULTS.md): 64-px images keep the CPU training short (24,000 images a pass,
+    about 45 s on 2 idle cores); three passes name the filters' concepts better than one (the mean
+    rank of the unseen words, seeds 0-1); ``layer3`` (128 filters, 8x8) gave a seen recall@10 of
+    0.84-0.91 where ``layer2`` (64 filters) gave 0.73-0.82, and its filters respond to shapes,
+    patterns and scenes as well as colours.
     """
 
     image_size: int = 64
@@ -90,7 +92,7 @@ class DemoSettings:
     reference_size: int = 3000
     target_size: int = 500
     train_size: int = 24000
-    epochs: int = 1
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 3e-3
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
@@ -99,12 +101,14 @@ class DemoSettings:
     top_images: int = 25
     words_per_image: int = 10
     num_words: int = 20
-    layer: str | None = "layer2"
+    layer: str | None = "layer3"
+    attribute_regions: bool = False
+    scoring: str = DEFAULT_SCORING
 
     def world(self) -> ConceptWorld:
         """The demo world: reference part first, then the target part."""
         return ConceptWorld(self.reference_size + self.target_size, self.image_size, self.seed,
-                            objects_per_image=self.objects_per_image)
+                            objects_per_image=self.objects_per_image, attribute_regions=self.attribute_regions)
 
     def training_world(self) -> ConceptWorld:
         """The images the small ResNet trains on: the same kind of world, another seed."""
@@ -289,6 +293,7 @@ def _model_key(settings: DemoSettings) -> str:
                 if k in ("image_size", "objects_per_image", "seed", "train_size", "epochs", "batch_size", "lr",
                          "widths")}
     relevant["format"] = _FORMAT
+    relevant["concepts"] = settings.world().concepts
     relevant["torch"] = torch.__version__.split("+")[0]
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -418,13 +423,14 @@ def run_demo(
     layer = settings.layer or default_layer(network, world[0][0][None].to(device))
     lap("target model (cached)" if cached else "target model")
 
-    explainer = train_explainer(network, reference, layer, space, anno_rate=settings.anno_rate,
-                                epochs=settings.explainer_epochs, device=device, seed=settings.seed,
-                                progress=progress)
+    seen, _ = world.split_words(settings.anno_rate, settings.seed)
+    explainer = train_explainer(network, reference, layer, space, seen=seen, epochs=settings.explainer_epochs,
+                                device=device, seed=settings.seed, progress=progress)
     lap("explainer")
 
     loader = torch.utils.data.DataLoader(ImagesOf(target), batch_size=64, shuffle=False)
-    result = explain(network, loader, explainer, vocabulary=vocabulary, top_images=settings.top_images,
+    result = explain(network, loader, explainer, vocabulary=vocabulary, scoring=settings.scoring,
+                     top_images=settings.top_images,
                      words_per_image=settings.words_per_image, num_words=settings.num_words, device=device,
                      progress=progress)
     result.settings["demo"] = {"model": model, **_jsonable(asdict(settings))}
@@ -459,11 +465,16 @@ def run_demo(
         "filters": len(result.filters),
         "images": {"reference": len(reference), "target": len(target)},
         "vocabulary": len(vocabulary.words),
+        "scoring": result.settings["scoring"],
         "seen_words": len(explainer.seen),
         "unseen_words": evaluation["unseen_words"],
-        "recall": {part: {k: (evaluation if part == "all" else evaluation[part])[k]
-                          for k in ("recall@5", "recall@10", "recall@20")}
+        "recall": {part: {key: (evaluation if part == "all" else evaluation[part])[key]
+                          for key in ("recall@5", "recall@10", "recall@20", "chance", "shuffled", "gain")}
                    for part in ("all", "seen", "unseen")},
+        "rank": evaluation["rank"],
+        "dissection_in_top": evaluation["dissection_in_top"],
+        "simulation": {key: evaluation["simulation"][key] for key in ("words", "dissection", "random", "words_used")},
+        "words": word_statistics(result),
         "unseen_produced": evaluation["unseen_produced"],
         "model_cached": cached,
         "timings": timings,
@@ -499,19 +510,45 @@ def _fmt(value: float | None) -> str:
 
 
 def summary_table(summary: dict) -> str:
-    """The terminal summary of :func:`run_demo`'s dict: filters explained, recall@5/10/20 for all, seen
-    and unseen concepts, the share of unseen words produced, and the time of every stage."""
+    """The terminal summary of :func:`run_demo`'s dict: recall@5/10/20 for all, seen and unseen concepts
+    with recall@10's chance level, shuffled-list recall and filter-specific gain; the mean rank of the
+    ground-truth words among the seen and the unseen words against chance; the Network-Dissection
+    label among the first words; the simulation score; what the word lists say about themselves
+    (ties, generic words, polysemantic filters); the share of unseen words produced; the time of every
+    stage."""
     recall = summary["recall"]
     lines = [
         f"{summary['model']} {summary['layer']}: {summary['filters']} filters explained on "
         f"{summary['images']['target']} target images (explainer trained on {summary['images']['reference']} "
-        f"reference images; {summary['seen_words']} seen words, {summary['vocabulary']} in the vocabulary)",
+        f"reference images; {summary['seen_words']} seen words, {summary['vocabulary']} in the vocabulary; "
+        f"scoring {summary['scoring']})",
         "",
-        "            recall@5  recall@10  recall@20",
+        "            recall@5  recall@10  recall@20 | recall@10: chance  shuffled     gain",
     ]
     for part in ("all", "seen", "unseen"):
         r = recall[part]
-        lines.append(f"  {part:<8}    {_fmt(r['recall@5'])}      {_fmt(r['recall@10'])}      {_fmt(r['recall@20'])}")
+        lines.append(f"  {part:<8}    {_fmt(r['recall@5'])}      {_fmt(r['recall@10'])}      {_fmt(r['recall@20'])} |"
+                     f"             {_fmt(r['chance']['recall@10'])}     {_fmt(r['shuffled']['recall@10'])}"
+                     f"    {_signed(r['gain']['recall@10'])}")
+    lines += ["", "  mean rank of the ground-truth words (1 = first)     mean   chance"]
+    for part in ("seen", "unseen"):
+        rank = summary["rank"][part]
+        lines.append(f"  {part + ' words among the ' + str(rank['words']) + ' ' + part + ' words':<48}"
+                     f"{_num(rank['mean'])}  {_num(rank['chance'])}")
+    lines.append("")
+    for name, entry in summary["dissection_in_top"].items():
+        which = f"all {entry['filters']} filters" if name == "all" else f"{entry['filters']} filters with ND {name}"
+        lines.append(f"  Network-Dissection label among the first 1/3/5 words, {which}: "
+                     + " / ".join(_fmt(entry[n]).strip() for n in ("1", "3", "5")))
+    sim = summary["simulation"]
+    lines.append(f"  simulation score (correlation of activation and presence of the first {sim['words_used']} "
+                 f"words): words {_fmt(sim['words']).strip()}, ND labels {_fmt(sim['dissection']).strip()}, "
+                 f"random words {_fmt(sim['random']).strip()}")
+    words = summary["words"]
+    shared = words["most_shared"]
+    lines.append(f"  word lists: two best words tie in {_fmt(words['ties']).strip()} of the filters; "
+                 f"{words['distinct_first']} distinct first words; {shared['word']!r} is in the first 5 words of "
+                 f"{_fmt(shared['share']).strip()} of the filters; {words['polysemantic']} polysemantic filters")
     produced = summary["unseen_produced"]
     named = "n/a" if produced is None else f"{round(produced * summary['unseen_words'])} of {summary['unseen_words']}"
     lines.append(f"  unseen words named by some filter: {named} ({_fmt(produced).strip()})")
@@ -519,3 +556,11 @@ def summary_table(summary: dict) -> str:
     for stage, seconds in summary["timings"].items():
         lines.append(f"  {stage:<24} {seconds:7.1f}")
     return "\n".join(lines)
+
+
+def _signed(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:+6.3f}"
+
+
+def _num(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:5.2f}"

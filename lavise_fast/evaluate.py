@@ -18,6 +18,7 @@ that as a self-contained SVG.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +77,9 @@ def evaluate(
     *,
     iou_threshold: float = 0.04,
     ks: Sequence[int] = (5, 10, 20),
+    shuffles: int = 10,
+    simulation_words: int = 3,
+    seed: int = 0,
     batch_size: int = 32,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -92,23 +96,48 @@ def evaluate(
         iou_threshold: a word is in the ground truth of (filter k, image i) when
             ``IoU(B_k(i), L_w(i)) > iou_threshold`` (module docstring); 0.04 as in the paper.
         ks: the n of recall@n.
+        shuffles: how many seeded permutations of the word lists across filters the shuffled recall
+            averages over. simulation_words: the first n words of each filter that the simulation
+            score uses. seed: seeds the shuffles and the random lists.
 
     Ground truth: ``B_k(i)`` is filter k's map upsampled bilinearly to the masks' size and
     thresholded (``> result.thresholds[k]``); a word with several masks in an image (two red
     objects) is one region, the union of its masks, as in Network Dissection. IoU is 0 when
     the union is empty. Only the pairs (k, i) with i in ``result.top_images[k]`` are scored.
 
+    Every recall comes with what it must beat: its chance level, and the recall of the same word
+    lists shuffled across filters (a filter-blind list that keeps the result's word frequencies: a
+    list of generic words that suits every filter scores as well shuffled as not, so the gain,
+    own minus shuffled, is what the filter-specific words add).
+
     Returns a JSON-serialisable dict::
 
         {"recall@5": r, "recall@10": r, "recall@20": r,   # mean over pairs with a non-empty GT
          "pairs": n,                                      # those pairs
-         "seen": {"recall@5": r, ..., "pairs": n},        # GT restricted to settings["seen"]
-         "unseen": {"recall@5": r, ..., "pairs": n},      # GT restricted to settings["unseen"]
+         "chance": {"recall@5": r, ...},     # a uniformly random list of the same length: min(n, len) / V
+         "shuffled": {"recall@5": r, ...},   # the lists permuted across filters, mean over the shuffles
+         "gain": {"recall@5": r, ...},       # own minus shuffled
+         "seen": {"recall@5": r, ..., "pairs": n, "chance": .., "shuffled": .., "gain": ..},
+                                             # GT restricted to settings["seen"]
+         "unseen": {...},                    # GT restricted to settings["unseen"]
+         "rank": {"seen": {"mean": r, "chance": c, "words": n, "count": m}, "unseen": {...}},
+             # mean rank (1 = first) of the pairs' GT words among the seen (unseen) words, in the
+             # order of the filter's list (words it does not list share the mean of the ranks left);
+             # chance = (n + 1) / 2
          "unseen_produced": s,   # share of the unseen words that occur in the reference labels
                                  # and appear in at least one filter's words
          "unseen_words": n,      # how many unseen words occur in the reference labels
-         "iou_threshold": t,
-         "dissection": {"<filter>": {"concept": w, "iou": IoU_k(w)}}}
+         "iou_threshold": t, "shuffles": n, "seed": s,
+         "dissection": {"<filter>": {"concept": w, "iou": IoU_k(w)}},
+         "dissection_in_top": {"all": {"1": s, "3": s, "5": s, "filters": n}, "iou>=0.1": {...}},
+             # share of filters whose ND concept is among their first 1/3/5 words
+         "simulation": {"words": r, "dissection": r, "random": r, "words_used": n,
+                        "per_filter": {"<filter>": r}}}
+             # Linear Explanations' simulation score: per filter, the Pearson correlation over all
+             # images of ``reference`` between the filter's spatial max and how many of its first n
+             # words the image holds (from its labels); 0 where either is constant; the mean over
+             # filters for the result's words, the ND concept and n random words (seeded, from the
+             # seen, unseen and listed words)
 
     where a recall (or ``unseen_produced``) is None when no pair (no word) counts, and a
     Network-Dissection concept is None when the reference has no label at all; ties of IoU go
@@ -129,6 +158,10 @@ def evaluate(
     for n in ks:
         _positive_int("every n of ks", n)
     _positive_int("batch_size", batch_size)
+    _positive_int("shuffles", shuffles)
+    _positive_int("simulation_words", simulation_words)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     settings = result.settings or {}
     layer = settings.get("layer")
     if not isinstance(layer, str) or not layer:
@@ -161,6 +194,11 @@ def evaluate(
     inter_sum = torch.zeros(K, 0, dtype=torch.long)  # sum_i |B_k(i) & L_w(i)|       [K, W]
     label_area = torch.zeros(0, dtype=torch.long)  # sum_i |L_w(i)|                   [W]
     map_area = torch.zeros(K, dtype=torch.long)  # sum_i |B_k(i)|                      [K]
+    # The simulation's sums over all images (x = a filter's max activation, p_w = word w present):
+    x_sum = torch.zeros(K, dtype=torch.float64)  # sum_i x_ki                              [K]
+    x_square = torch.zeros(K, dtype=torch.float64)  # sum_i x_ki^2                         [K]
+    xp_sum = torch.zeros(K, 0, dtype=torch.float64)  # sum_i x_ki p_iw                     [K, W]
+    together = torch.zeros(0, 0, dtype=torch.float64)  # sum_i p_iw p_iv (co-occurrence)    [W, W]
 
     loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=False,
                                          collate_fn=collate_reference)
@@ -174,6 +212,10 @@ def evaluate(
                                  f"{features.shape[1]} channels")
             masks, rows, labels = _merge_same_word(masks, rows, labels)
             G = len(labels)
+            maxima = features[:, filters].float().amax((2, 3)).double().cpu()  # [B, K]
+            maxima = torch.where(torch.isfinite(maxima), maxima, 0.0)
+            x_sum += maxima.sum(0)
+            x_square += (maxima * maxima).sum(0)
             # One all-True mask per image: its intersection is |B_k(i)|, the maps' areas.
             whole = torch.ones(B, *masks.shape[1:], dtype=torch.bool)
             inter, union = ops.upsample_iou(features[:, filters], thresholds,
@@ -189,7 +231,13 @@ def evaluate(
                 if grow:
                     inter_sum = torch.cat([inter_sum, torch.zeros(K, grow, dtype=torch.long)], 1)
                     label_area = torch.cat([label_area, torch.zeros(grow, dtype=torch.long)])
+                    xp_sum = torch.cat([xp_sum, torch.zeros(K, grow, dtype=torch.float64)], 1)
+                    together = torch.nn.functional.pad(together, (0, grow, 0, grow))
                 wid = torch.tensor([column[w] for w in labels], dtype=torch.long)
+                present = torch.zeros(B, len(column), dtype=torch.float64)
+                present[rows, wid] = 1.0
+                xp_sum += maxima.t() @ present
+                together += present.t() @ present
                 inter_sum.index_add_(1, wid, inter[:G].t().contiguous())
                 label_area.index_add_(0, wid, masks.flatten(1).sum(1))
                 # Ground truth of the scored pairs whose image is in this batch.
@@ -207,15 +255,25 @@ def evaluate(
                          "(result.settings['images']); pass the same images, in the same order")
 
     seen, unseen = set(settings.get("seen") or ()), set(settings.get("unseen") or ())
-    out: dict = _recalls(truth, result.words, ks, None)
-    out["seen"] = _recalls(truth, result.words, ks, seen)
-    out["unseen"] = _recalls(truth, result.words, ks, unseen)
+    vocabulary_size = settings.get("vocabulary_size")
+    if not isinstance(vocabulary_size, int) or vocabulary_size < 1:
+        vocabulary_size = len({w for words in result.words for w in words} | seen | unseen)
+    shuffled = _shuffled_lists(result.words, shuffles, seed)
+    out: dict = _recall_report(truth, result.words, shuffled, ks, None, vocabulary_size)
+    out["seen"] = _recall_report(truth, result.words, shuffled, ks, seen, vocabulary_size)
+    out["unseen"] = _recall_report(truth, result.words, shuffled, ks, unseen, vocabulary_size)
+    out["rank"] = {"seen": _mean_rank(truth, result.words, seen), "unseen": _mean_rank(truth, result.words, unseen)}
     present = unseen & set(column)
     produced = {w for words in result.words for w in words}
     out["unseen_produced"] = len(present & produced) / len(present) if present else None
     out["unseen_words"] = len(present)
     out["iou_threshold"] = float(iou_threshold)
+    out["shuffles"], out["seed"] = shuffles, seed
     out["dissection"] = _dissection(result.filters, column, inter_sum, label_area, map_area)
+    out["dissection_in_top"] = _dissection_in_top(result.filters, result.words, out["dissection"])
+    sums = _SimulationSums(base, x_sum, x_square, xp_sum, together, column)
+    out["simulation"] = _simulation(result, sums, out["dissection"], simulation_words, vocabulary_size, seen | unseen,
+                                    seed)
     return out
 
 
@@ -234,6 +292,114 @@ def _recalls(truth: dict[tuple[int, int], set[str]], words: list[list[str]], ks:
     out: dict = {f"recall@{n}": (sums[n] / count if count else None) for n in ks}
     out["pairs"] = count
     return out
+
+
+def _shuffled_lists(words: list[list[str]], shuffles: int, seed: int) -> list[list[list[str]]]:
+    """``shuffles`` copies of the filters' word lists, each permuted across the filters (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[words[j] for j in torch.randperm(len(words), generator=generator).tolist()] for _ in range(shuffles)]
+
+
+def _recall_report(truth: dict[tuple[int, int], set[str]], words: list[list[str]], shuffled: list[list[list[str]]],
+                   ks: tuple[int, ...], restrict: set[str] | None, vocabulary_size: int) -> dict:
+    """Recall@n with, beside it, its chance level (the expected recall of a uniformly random list of the
+    same length from the vocabulary: ``min(n, len(list)) / V`` per pair), the recall of the same lists
+    shuffled across filters (mean over the shuffles) and the filter-specific gain (own - shuffled)."""
+    out = _recalls(truth, words, ks, restrict)
+    chance = dict.fromkeys(ks, 0.0)
+    for (kk, _), found in truth.items():
+        if found if restrict is None else found & restrict:
+            for n in ks:
+                chance[n] += min(n, len(words[kk])) / vocabulary_size
+    count = out["pairs"]
+    out["chance"] = {f"recall@{n}": (chance[n] / count if count else None) for n in ks}
+    others = [_recalls(truth, lists, ks, restrict) for lists in shuffled]
+    out["shuffled"] = {f"recall@{n}": (sum(o[f"recall@{n}"] for o in others) / len(others)
+                                       if count and others else None) for n in ks}
+    out["gain"] = {key: (value - out["shuffled"][key] if value is not None and out["shuffled"][key] is not None
+                         else None) for key, value in out.items() if key.startswith("recall@")}
+    return out
+
+
+def _mean_rank(truth: dict[tuple[int, int], set[str]], words: list[list[str]], group: set[str]) -> dict:
+    """The mean rank (1 = first) of the pairs' ground-truth words of ``group`` among the words of
+    ``group``, in the order of the filter's list; the group's words a list does not hold share the
+    mean of the ranks left. ``chance`` is (|group| + 1) / 2, the mean rank of a random order."""
+    total, count = 0.0, 0
+    for (kk, _), found in sorted(truth.items()):
+        listed = [w for w in words[kk] if w in group]
+        unlisted = len(listed) + (len(group) - len(listed) + 1) / 2
+        for w in found & group:
+            total += listed.index(w) + 1 if w in listed else unlisted
+            count += 1
+    return {"mean": total / count if count else None, "chance": (len(group) + 1) / 2 if group else None,
+            "words": len(group), "count": count}
+
+
+def _dissection_in_top(filters: list[int], words: list[list[str]], dissection: dict[str, dict],
+                       strong: float = 0.1) -> dict:
+    """The share of filters whose Network-Dissection concept is among their first 1, 3 and 5 words:
+    over all filters, and over the filters whose ND IoU is at least ``strong``."""
+    out = {}
+    for name, keep in (("all", lambda d: True), (f"iou>={strong}", lambda d: d["iou"] >= strong)):
+        chosen = [kk for kk, f in enumerate(filters) if dissection[str(f)]["concept"] is not None
+                  and keep(dissection[str(f)])]
+        out[name] = {str(n): (sum(dissection[str(filters[kk])]["concept"] in words[kk][:n] for kk in chosen)
+                              / len(chosen) if chosen else None) for n in (1, 3, 5)}
+        out[name]["filters"] = len(chosen)
+    return out
+
+
+class _SimulationSums:
+    """Sums over all N images of the pass: x (each filter's max activation [K]) and the presence p_w of
+    each labelled word (``column``: word -> index), enough for the correlation of x with the count of
+    any word list's words present."""
+
+    def __init__(self, images: int, x_sum, x_square, xp_sum, together, column: dict[str, int]) -> None:
+        self.n, self.x_sum, self.x_square, self.xp_sum, self.together = images, x_sum, x_square, xp_sum, together
+        self.column = column
+
+    def correlation(self, kk: int, words: Sequence[str]) -> float:
+        """Pearson correlation over the images of filter position kk's max activation with the number of
+        ``words`` present in the image; 0 when either is constant (nothing is explained)."""
+        idx = torch.tensor(sorted({self.column[w] for w in words if w in self.column}), dtype=torch.long)
+        n = self.n
+        if not len(idx) or n < 2:
+            return 0.0
+        y_sum = float(self.together[idx, idx].sum())  # sum_i y_i: the diagonal holds each word's count
+        y_square = float(self.together[idx][:, idx].sum())
+        xy = float(self.xp_sum[kk, idx].sum())
+        x_sum, x_square = float(self.x_sum[kk]), float(self.x_square[kk])
+        cov = xy - x_sum * y_sum / n
+        var_x = x_square - x_sum * x_sum / n
+        var_y = y_square - y_sum * y_sum / n
+        if var_x <= 1e-12 * max(1.0, x_square) or var_y <= 1e-12:
+            return 0.0
+        return max(-1.0, min(1.0, cov / math.sqrt(var_x * var_y)))
+
+
+def _simulation(result: ExplainResult, sums: _SimulationSums, dissection: dict[str, dict], n: int,
+                vocabulary_size: int, known: set[str], seed: int) -> dict:
+    """The simulation score of Linear Explanations: per filter, the correlation over all images between
+    its max activation and how many of its first ``n`` words the image holds (from the masks); the
+    same for its Network-Dissection concept (one word) and for ``n`` random words (seeded, from the
+    words the result and the explainer know). Means over the filters, and the per-filter scores."""
+    pool = sorted(known | {w for words in result.words for w in words})
+    generator = torch.Generator().manual_seed(seed + 1)
+    per_filter, nd, rnd = {}, [], []
+    for kk, f in enumerate(result.filters):
+        per_filter[str(f)] = sums.correlation(kk, result.words[kk][:n])
+        concept = dissection[str(f)]["concept"]
+        nd.append(sums.correlation(kk, [concept]) if concept is not None else 0.0)
+        draw = torch.randperm(len(pool), generator=generator)[: min(n, len(pool))].tolist()
+        rnd.append(sums.correlation(kk, [pool[j] for j in draw]))
+    K = len(result.filters)
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / K if K else None
+
+    return {"words": mean(list(per_filter.values())), "dissection": mean(nd), "random": mean(rnd),
+            "words_used": n, "per_filter": per_filter}
 
 
 def _dissection(filters: list[int], column: dict[str, int], inter_sum: torch.Tensor, label_area: torch.Tensor,
@@ -264,7 +430,12 @@ def compare(
     """Concepts ranked by how much more often they describe filters in ``result_a`` than in ``result_b``.
 
     Both results must explain the same filters of the same layer (the same network on two
-    subsets). For every word w in either result: ``count_x(w)`` = the number of filters whose
+    subsets). The words are each result's, ranked by its scores (``settings["scoring"]``): with
+    the default scoring a word counts for a filter when the filter's top images evoke it more than
+    the subset's images do in general, so a concept tied to another in one subset (every circle is
+    red) shows in that concept's filters, while a concept the subset merely holds more of is
+    discounted with the rest of the subset; the vote (``scoring="vote"``) counts what the top
+    images show. For every word w in either result: ``count_x(w)`` = the number of filters whose
     first ``num_words`` words (default: all kept) contain w, ``share_x = count_x / F`` (F the
     filters explained) and ``difference = share_a - share_b``. Rows
     ``{"concept", "count_a", "count_b", "share_a", "share_b", "difference"}`` are sorted by

@@ -39,8 +39,10 @@ from lavise_fast import ops
 from lavise_fast._io import atomic_write_json
 from lavise_fast.checkpoint import SweepCheckpoint, digest
 from lavise_fast.explainer import Explainer, _fingerprint
+from lavise_fast.groups import split_in_two
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
+from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, layer_baseline, ranked_words, word_scores
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.sweep_state import LayerSweep
 
@@ -50,17 +52,23 @@ if TYPE_CHECKING:
 __all__ = ["explain", "ExplainResult", "METHODS"]
 
 METHODS = ("projection", "activation", "image", "original")
+_THIN_BASELINE = 16  # fewer explained filters than this: the layer baseline is thin (a warning)
 
 
 @dataclass
 class ExplainResult:
     """Per explained filter k (in the order of ``filters``): ``words[k]`` sorted by ``scores[k]``
-    (the summed max activation of the top images that ranked the word among their
-    ``words_per_image`` best), ``top_images[k]`` and ``top_activations[k]`` (descending);
-    ``thresholds`` the per-filter ``quantile`` of all activations (or the given thresholds);
-    ``settings`` how it was run: layer, method, top_images, words_per_image, num_words, quantile,
-    thresholds_given, images (how many the loader gave), space, vocabulary_size, and the
-    explainer's seen and unseen words (for evaluation)."""
+    (descending; what a score means is ``settings["scoring"]``'s, see :mod:`lavise_fast.scoring`:
+    by default how much more the filter's top images evoke the word than the layer's images do in
+    general), ``top_images[k]`` and ``top_activations[k]`` (descending); ``thresholds`` the
+    per-filter ``quantile`` of all activations (or the given thresholds); ``groups[k]`` the
+    filter's groups of top images (:mod:`lavise_fast.groups`): one dict ``{"images", "words",
+    "scores"}`` for a filter that responds to one concept, two for a polysemantic one, heavier
+    group first (an empty list in results of lavise_fast before groups existed); ``settings`` how
+    it was run: layer, method, scoring, top_images, words_per_image, num_words, quantile,
+    thresholds_given, images (how many the loader gave), space, vocabulary_size, baseline_pairs
+    (the pairs the layer baseline rests on), and the explainer's seen and unseen words (for
+    evaluation)."""
 
     filters: list[int]
     words: list[list[str]]
@@ -69,6 +77,7 @@ class ExplainResult:
     top_activations: list[list[float]]
     thresholds: list[float]
     settings: dict = field(default_factory=dict)
+    groups: list[list[dict]] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes JSON atomically (a temporary file, then a rename)."""
@@ -117,6 +126,7 @@ def explain(
     layer: str | torch.nn.Module | Sequence[str | torch.nn.Module] | None = None,
     filters: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     method: str = "projection",
+    scoring: str = DEFAULT_SCORING,
     top_images: int = 25,
     words_per_image: int = 5,
     num_words: int = 10,
@@ -150,22 +160,26 @@ def explain(
         method: ``projection`` (the paper's, default), ``activation``, ``image`` or ``original``
             (module docstring). Only ``projection`` and ``original``, and ``activation`` with
             ``thresholds``, run in exactly one pass; the others re-run the top images once.
+        scoring: how the top images' embeddings become the filter's words (:mod:`lavise_fast.scoring`):
+            ``centred`` (default: each word's activation-weighted mean cosine over the filter's top
+            images minus its mean over every explained filter's top images, so that words every
+            image is near do not win everywhere), ``zscore``, ``pmi`` or ``vote`` (the paper's flat
+            vote). The relative scorings need the layer's baseline: explain many filters (all by
+            default); with fewer than 16 of a layer's filters a warning says the baseline is thin.
         top_images: P, the images per filter. words_per_image: s, the words each top image votes
-            for. num_words: the words kept per filter.
+            for (``scoring="vote"`` only). num_words: the words kept per filter (and per group).
         vocabulary: the candidate words in the explainer's space; default the 1,202 LaViSE
             entities in the default space (only for explainers trained in it).
         quantile: the per-filter threshold quantile over all positions of all images (0.995, the
             top 0.5 % of Network Dissection). thresholds: per-filter thresholds [C] to use
             instead (e.g. ``result.thresholds`` of an earlier run over all filters); for several
             layers a dict {layer name: thresholds}.
-        head: what scores the pooled vectors: ``"torch"`` (default: the explainer, then
-            ``ops.cosine_topk``), ``"onnx"`` (the explainer fused with the vocabulary is exported
-            with :func:`lavise_fast.export_onnx` to a temporary file and run in onnxruntime), or a
-            vocabulary-fused :class:`lavise_fast.OnnxHead` (one layer only; its layer, channels,
-            dimension and words must be the explainer's and the vocabulary's, and its ``top_k`` at
-            least ``words_per_image``; that its weights are the explainer's is up to the caller).
-            The words equal the torch head's up to float32 rounding (similarities within about
-            1e-7 may swap).
+        head: what embeds the pooled vectors: ``"torch"`` (default: the explainer), ``"onnx"`` (the
+            explainer is exported with :func:`lavise_fast.export_onnx` to a temporary file and run
+            in onnxruntime), or a vocabulary-free :class:`lavise_fast.OnnxHead` (one layer only; its
+            layer, channels and dimension must be the explainer's; that its weights are the
+            explainer's is up to the caller). The words equal the torch head's up to float32
+            rounding (scores within about 1e-7 may swap).
         checkpoint: a folder. The state of the pass is saved there every ``checkpoint_every``
             batches and when the pass ends (atomically); a sweep that finds a checkpoint of the same
             sweep there resumes from it (skipping the batches it had read) and gives the result an
@@ -175,7 +189,7 @@ def explain(
         distributed: shard the images over the ranks of the initialised ``torch.distributed``
             process group (``torchrun``; NCCL on GPUs, gloo on CPUs): rank r reads the images r,
             r + W, ... of ``loader``'s dataset (a DataLoader read in order), and the ranks merge
-            their top images, sketches and votes, so every rank returns the result of one process
+            their top images, sketches and embeddings, so every rank returns the result of one process
             over all images (thresholds: up to the sketch's error where it is no longer exact, see
             ``ChannelQuantiles``). A rank that dies makes the others fail with a RuntimeError once
             the process group notices (at the latest after its ``timeout``).
@@ -191,6 +205,8 @@ def explain(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if isinstance(head, str) and head not in ("torch", "onnx"):
         raise ValueError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
     _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words,
@@ -209,7 +225,7 @@ def explain(
     for name in names[1:]:
         _vocabulary_for(explainers[name], vocabulary)
     s = min(words_per_image, len(vocabulary.words))
-    heads = {name: expl.to(device).eval() if head == "torch" else _head_for(head, expl, vocabulary, s)
+    heads = {name: expl.to(device).eval() if head == "torch" else _head_for(head, expl)
              for name, expl in explainers.items()}
     words = vocabulary.vectors.to(device)
     filters_of = _per_layer(filters, names, many, "filters")
@@ -224,8 +240,8 @@ def explain(
             given = given_of[name]
             if given is not None and given.numel() != C:
                 raise ValueError(f"thresholds must hold one value per filter of {name!r} ({C}), got {given.numel()}")
-            sweeps[name] = LayerSweep(name, heads[name], words, s, method, top_images, C,
-                                      _chosen_filters(filters_of[name], C), given, device, stash_bytes)
+            sweeps[name] = LayerSweep(name, heads[name], method, top_images, C, _chosen_filters(filters_of[name], C),
+                                      given, device, stash_bytes)
         return sweeps
 
     run_loader, image_index = loader, None
@@ -282,36 +298,78 @@ def explain(
             _rerun_top_images(rerun, run_loader, tap, threshold_of, batch_size_of(loader, 64), device, progress,
                               image_index)
             if shard is not None:
-                _merge_votes(rerun)
+                _merge_pairs(rerun)
         for sweep in sweeps.values():
             sweep.settle()
 
     results = {}
     for name, sweep in sweeps.items():
         _report_non_finite(sweep)
-        results[name] = _result(sweep, vocabulary, explainers[name], threshold_of[name], num_words, quantile,
-                                thresholds is not None, base)
+        results[name] = _result(sweep, vocabulary, words, explainers[name], threshold_of[name], scoring, s, num_words,
+                                quantile, thresholds is not None, base)
     return results if many else results[names[0]]
 
 
-def _result(sweep: LayerSweep, vocabulary: Vocabulary, explainer: Explainer, thresholds: torch.Tensor,
-            num_words: int, quantile: float, thresholds_given: bool, images: int) -> ExplainResult:
-    result_words, result_scores, result_images, result_acts = [], [], [], []
-    for k in sweep.chosen:
-        idx = [i for i in sweep.tops.indices[k].tolist() if i >= 0]
-        ranked = sweep.votes.ranked(k, idx, num_words)
-        result_words.append([vocabulary.words[w] for w, _ in ranked])
-        result_scores.append([v for _, v in ranked])
+def _result(sweep: LayerSweep, vocabulary: Vocabulary, words: torch.Tensor, explainer: Explainer,
+            thresholds: torch.Tensor, scoring: str, s: int, num_words: int, quantile: float, thresholds_given: bool,
+            images: int) -> ExplainResult:
+    """The words of every chosen filter and of its groups, from the top pairs' embeddings."""
+    top = sweep.tops.indices[sweep.chosen]
+    embeddings, weights = sweep.pairs.tensors(sweep.chosen, top.cpu(), words.shape[1], words.device)
+    baseline = layer_baseline(embeddings, weights, words)
+    if scoring != "vote" and len(sweep.chosen) < min(_THIN_BASELINE, sweep.tops.values.shape[0]):
+        warnings.warn(f"scoring={scoring!r} compares each filter with the layer's baseline, which here rests on "
+                      f"{len(sweep.chosen)} filter(s) of {sweep.name!r} only; explain more filters (all, by default) "
+                      "for specific words, or use scoring='vote'", UserWarning, stacklevel=4)
+    ranked = ranked_words(word_scores(embeddings, weights, words, scoring, s, baseline), num_words)
+    result_words = [[vocabulary.words[w] for w, _ in ranks] for ranks in ranked]
+    result_scores = [[v for _, v in ranks] for ranks in ranked]
+    result_images, result_acts = [], []
+    for row, k in enumerate(sweep.chosen):
+        idx = [i for i in top[row].tolist() if i >= 0]
         result_images.append(idx)
         result_acts.append(sweep.tops.values[k, : len(idx)].tolist())
-    settings = {"layer": sweep.name, "method": sweep.method, "top_images": sweep.tops.k,
-                "words_per_image": sweep.votes.s, "num_words": num_words,
+    groups = _groups(embeddings, weights, top, words, scoring, s, num_words, baseline, vocabulary, result_words,
+                     result_scores)
+    settings = {"layer": sweep.name, "method": sweep.method, "scoring": scoring, "top_images": sweep.tops.k,
+                "words_per_image": s, "num_words": num_words,
                 "quantile": None if thresholds_given else quantile, "thresholds_given": thresholds_given,
                 "images": images, "space": explainer.space, "vocabulary_size": len(vocabulary.words),
-                "seen": list(explainer.seen), "unseen": list(explainer.unseen)}
+                "baseline_pairs": baseline.pairs, "seen": list(explainer.seen), "unseen": list(explainer.unseen)}
     t = thresholds.tolist()
     return ExplainResult(list(sweep.chosen), result_words, result_scores, result_images, result_acts,
-                         [t[k] for k in sweep.chosen], settings)
+                         [t[k] for k in sweep.chosen], settings, groups)
+
+
+def _groups(embeddings: torch.Tensor, weights: torch.Tensor, images: torch.Tensor, words: torch.Tensor,
+            scoring: str, s: int, num_words: int, baseline, vocabulary: Vocabulary, filter_words: list[list[str]],
+            filter_scores: list[list[float]]) -> list[list[dict]]:
+    """Every filter's groups of top images (:mod:`lavise_fast.groups`), each with its own words: one
+    group (the filter's words) unless its images split clearly and the two groups' best words differ
+    (neither group's first word among the other's first two)."""
+    live = weights > 0
+    whole = [[{"images": images[row][live[row]].tolist(), "words": filter_words[row], "scores": filter_scores[row]}]
+             for row in range(len(filter_words))]
+    if not baseline.pairs:
+        return whole
+    centre = F.normalize(embeddings[live].sum(0), dim=0)
+    labels = split_in_two(embeddings, weights, centre)
+    split = (labels == 1).any(1).nonzero().flatten()
+    if not len(split):
+        return whole
+    part_weights = torch.cat([torch.where(labels[split] == g, weights[split], 0.0) for g in range(2)])
+    ranked = ranked_words(word_scores(embeddings[split].repeat(2, 1, 1), part_weights, words, scoring, s, baseline),
+                          num_words)
+    S = len(split)
+    for j, row in enumerate(split.tolist()):
+        pair = (ranked[j], ranked[S + j])
+        firsts = [[w for w, _ in ranks[:2]] for ranks in pair]
+        if not all(firsts) or firsts[0][0] in firsts[1] or firsts[1][0] in firsts[0]:
+            continue  # a group's best word is among the other's two best: not two concepts
+        whole[row] = [{"images": images[row][labels[row] == g].tolist(),
+                       "words": [vocabulary.words[w] for w, _ in ranks], "scores": [v for _, v in ranks]}
+                      for g, ranks in enumerate(pair)]
+    return whole
 
 
 def _explainers_for(model, loader, explainer, layer, device, distributed, progress) -> dict[str, Explainer]:
@@ -400,7 +458,7 @@ def _merge_ranks(sweeps: dict[str, LayerSweep] | None, images: int, image_index:
         for sweep in sweeps.values():
             sweep.settle()
         states = {name: sweep.state_dict(image_index) for name, sweep in sweeps.items()}
-    gathered = distributed_sweep.all_gather((images, states), "the top images, sketches and votes")
+    gathered = distributed_sweep.all_gather((images, states), "the top images, sketches and embeddings")
     present = [states for _, states in gathered if states is not None]
     if not present:
         return None, 0
@@ -411,16 +469,16 @@ def _merge_ranks(sweeps: dict[str, LayerSweep] | None, images: int, image_index:
     return merged, sum(n for n, _ in gathered)
 
 
-def _merge_votes(sweeps: list[LayerSweep]) -> None:
-    """Adds the pairs the other ranks scored in the re-run (disjoint images) to every rank's votes."""
+def _merge_pairs(sweeps: list[LayerSweep]) -> None:
+    """Adds the pairs the other ranks scored in the re-run (disjoint images) to every rank's pairs."""
     for sweep in sweeps:
         sweep.settle()
-    mine = {sweep.name: sweep.votes.state_dict() for sweep in sweeps}
-    gathered = distributed_sweep.all_gather(mine, "the votes of the re-run top images")
-    for rank, rank_votes in enumerate(gathered):
+    mine = {sweep.name: sweep.pairs.state_dict() for sweep in sweeps}
+    gathered = distributed_sweep.all_gather(mine, "the embeddings of the re-run top images")
+    for rank, rank_pairs in enumerate(gathered):
         if rank != torch.distributed.get_rank():
             for sweep in sweeps:
-                sweep.votes.load_state_dict(rank_votes[sweep.name], sweep.device, merge=True)
+                sweep.pairs.load_state_dict(rank_pairs[sweep.name], sweep.device, merge=True)
 
 
 def _chosen_filters(filters: Sequence[int] | None, channels: int) -> list[int]:
@@ -455,28 +513,24 @@ def _vocabulary_for(explainer: Explainer, vocabulary: Vocabulary | None) -> Voca
     return vocabulary
 
 
-def _head_for(head: str | OnnxHead, explainer: Explainer, vocabulary: Vocabulary, s: int) -> OnnxHead:
-    """explain's ``head="onnx"`` (an export to a temporary file) or a given OnnxHead, checked against the
-    explainer and the vocabulary."""
+def _head_for(head: str | OnnxHead, explainer: Explainer) -> OnnxHead:
+    """explain's ``head="onnx"`` (the explainer exported to a temporary file) or a given vocabulary-free
+    OnnxHead, checked against the explainer."""
     from lavise_fast.onnx import OnnxHead, export_onnx
 
     if head == "onnx":
         with tempfile.TemporaryDirectory(prefix="lavise_fast_onnx_") as tmp:
-            return OnnxHead(export_onnx(explainer, Path(tmp) / "head.onnx", vocabulary=vocabulary, top_k=s))
+            return OnnxHead(export_onnx(explainer, Path(tmp) / "head.onnx"))
     if not isinstance(head, OnnxHead):
         raise TypeError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {type(head).__name__}")
-    if not head.fused:
-        raise ValueError(f"the ONNX head {head.path} has no vocabulary: export it with "
-                         "export_onnx(..., vocabulary=...) to use it in explain")
+    if head.fused:
+        raise ValueError(f"the ONNX head {head.path} is fused with a vocabulary and gives each image's best words "
+                         "only; explain scores every word against the layer's baseline and needs the embeddings: "
+                         "export the head without vocabulary= (export_onnx(explainer, path))")
     explainer.check_compatible(head.layer or explainer.layer, head.channels, head.space or None)
     if head.dim != explainer.dim:
         raise ValueError(f"the ONNX head {head.path} embeds into {head.dim} dimensions, the explainer into "
                          f"{explainer.dim}")
-    if head.words != vocabulary.words:
-        raise ValueError(f"the ONNX head {head.path} was exported with another vocabulary ({len(head.words)} words) "
-                         f"than explain's ({len(vocabulary.words)}): pass the same vocabulary=")
-    if head.top_k < s:
-        raise ValueError(f"the ONNX head {head.path} gives {head.top_k} words per image, words_per_image asks for {s}")
     return head
 
 
@@ -510,7 +564,7 @@ def _rerun_top_images(sweeps: list[LayerSweep], loader, tap, thresholds: dict[st
         for sweep, filt, image_of, weight_of in plans:
             pair = torch.isin(image_of, glob).nonzero().flatten()
             rows = torch.searchsorted(glob, image_of[pair])
-            step = batch_size if sweep.method == "image" else sweep.votes.chunk_rows
+            step = batch_size if sweep.method == "image" else sweep.pairs.chunk_rows
             for start in range(0, len(pair), step):
                 part = pair[start : start + step]
                 r = rows[start : start + step]
@@ -519,7 +573,7 @@ def _rerun_top_images(sweeps: list[LayerSweep], loader, tap, thresholds: dict[st
                     z = _masked_image_features(tap, sweep.name, images, features[sweep.name], r, filt[part], t)
                 else:
                     z = ops.attention_pool(features[sweep.name], r, filt[part], mode="activation", thresholds=t)
-                sweep.votes.add(filt[part], image_of[part], weight_of[part], z)
+                sweep.pairs.add(filt[part], image_of[part], weight_of[part], z)
 
 
 def _report_non_finite(sweep: LayerSweep) -> None:
@@ -529,6 +583,6 @@ def _report_non_finite(sweep: LayerSweep) -> None:
         warnings.warn(f"{int(nan.sum())} activations of {len(bad)} filter(s) of {sweep.name!r} were NaN and were "
                       f"ignored (filters {bad[:10]}{' ...' if len(bad) > 10 else ''}); filters with no finite "
                       "activation get no top images and no words", RuntimeWarning, stacklevel=3)
-    if sweep.votes.non_finite:
-        warnings.warn(f"{sweep.votes.non_finite} (filter, image) pair(s) of {sweep.name!r} gave a non-finite "
+    if sweep.pairs.non_finite:
+        warnings.warn(f"{sweep.pairs.non_finite} (filter, image) pair(s) of {sweep.name!r} gave a non-finite "
                       "embedding and did not vote", RuntimeWarning, stacklevel=3)

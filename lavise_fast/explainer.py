@@ -26,16 +26,21 @@ from lavise_fast.layers import LayerFeatures, default_layer, model_device, resol
 __all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer", "cache_dir"]
 
 _FORMAT = "lavise_fast.explainer/1"
+_POOLED_FORMAT = "lavise_fast.pooled/2"  # /2: one row per region, labels are lists of words
+_RECIPE = 2  # how the default explainer is trained (2: concept families, regions with several words, margin 0.1,
+# unit inputs); part of its cache key, so that a cached one of an older recipe is not reused
 
 
 def csmr_loss(
     embeddings: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, margin: float = 1.0
 ) -> torch.Tensor:
-    """Cosine-similarity margin ranking loss.
+    """Cosine-similarity margin ranking loss, for regions with one or several true words.
 
-    With ``s[b, v] = cos(embeddings[b], words[v])`` and the true score ``t[b]`` = the mean of
-    ``s[b, v]`` over the words ``v`` that ``targets[b]`` marks, the loss is
-    ``mean_b sum_{v not marked} max(0, margin - t[b] + s[b, v])``.
+    With ``s[b, v] = cos(embeddings[b], words[v])`` and ``T_b`` the words that ``targets[b]``
+    marks, every true word must beat every other word by ``margin``:
+    ``mean_b (1 / |T_b|) sum_{t in T_b} sum_{v not in T_b} max(0, margin - s[b, t] + s[b, v])``.
+    A region's other true words are never negatives, so an object's colour, shape and pattern are
+    not pushed apart. With one word per row this is the paper's loss.
 
     Args:
         embeddings: [B, D] head outputs. targets: [B] word indices, or [B, V] 0/1 marks.
@@ -45,19 +50,24 @@ def csmr_loss(
     if targets.dim() == 1:
         marks = torch.zeros_like(sims).scatter_(1, targets.long()[:, None], 1.0)
     else:
-        marks = targets.to(sims.dtype)
-    if (marks.sum(1) == 0).any():
+        marks = (targets != 0).to(sims.dtype)
+    count = marks.sum(1)
+    if (count == 0).any():
         raise ValueError("every row of targets must mark at least one word")
-    true = (sims * marks).sum(1, keepdim=True) / marks.sum(1, keepdim=True)
-    hinge = (margin - true + sims).clamp_min(0.0) * (1.0 - marks)
-    return hinge.sum(1).mean()
+    row, word = marks.nonzero(as_tuple=True)  # one (row, true word) pair per true word
+    hinge = (margin - sims[row, word][:, None] + sims[row]).clamp_min(0.0) * (1.0 - marks[row])  # [pairs, V]
+    per_row = torch.zeros_like(count).index_add_(0, row, hinge.sum(1))
+    return (per_row / count).mean()
 
 
 class Explainer(nn.Module):
     """The head plus what it was trained for: ``layer`` (dotted name), ``channels`` (C), ``dim``
     (D of the word space), ``space`` (its name), ``seen`` and ``unseen`` words.
 
-    ``explainer(z)`` maps pooled vectors [M, C] to embeddings [M, D].
+    ``explainer(z)`` maps pooled vectors [M, C] to embeddings [M, D]. With ``unit_input`` the
+    pooled vectors are scaled to unit length first: training pools under binary masks and
+    explaining under a filter's map normalised to ``a / ||a||``, whose scales differ by up to the
+    square root of the region's size; the direction of z is what both share.
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class Explainer(nn.Module):
         seen: Sequence[str] = (),
         unseen: Sequence[str] = (),
         dropout: float = 0.1,
+        unit_input: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1 or dim < 1:
@@ -77,6 +88,7 @@ class Explainer(nn.Module):
         self.channels, self.dim, self.layer, self.space = int(channels), int(dim), layer, space
         self.seen, self.unseen = list(seen), list(unseen)
         self.dropout = float(dropout)
+        self.unit_input = bool(unit_input)
         self.trained = False
         self.head = nn.Sequential(
             nn.BatchNorm1d(channels),
@@ -94,7 +106,10 @@ class Explainer(nn.Module):
                 f"the explainer of layer {self.layer!r} takes pooled vectors [M, {self.channels}], "
                 f"got {tuple(z.shape)}"
             )
-        return self.head(z.float())
+        z = z.float()
+        if self.unit_input:
+            z = F.normalize(z, dim=1)
+        return self.head(z)
 
     def check_compatible(self, layer: str, channels: int, space: str | None = None) -> None:
         """Refuses a layer, channel count or word space other than the one it was trained for."""
@@ -115,6 +130,7 @@ class Explainer(nn.Module):
             "config": {
                 "channels": self.channels, "dim": self.dim, "layer": self.layer, "space": self.space,
                 "seen": self.seen, "unseen": self.unseen, "dropout": self.dropout, "trained": self.trained,
+                "unit_input": self.unit_input,
             },
             "state_dict": self.state_dict(),
         }
@@ -162,7 +178,9 @@ def pool_reference(
     progress: bool = True,
 ) -> tuple[torch.Tensor | np.ndarray, list[str], str]:
     """Runs the frozen model ONCE over the reference set and pools the layer's features under
-    every object's mask (``masked_pool``): returns (vectors [objects, C] float32, labels, layer name).
+    every region's mask (``masked_pool``): returns (vectors [regions, C] float32, labels, layer name)
+    where ``labels[r]`` lists the words of region r: masks equal pixel for pixel in one image are one
+    region with all their words (an object's colour, shape and pattern; two names of one box).
 
     Vectors are a CPU tensor, or with ``cache`` (a ``.npy`` path) a read-only memory-mapped
     array written there (atomically, with a ``.json`` beside it holding the labels and a key of
@@ -211,6 +229,7 @@ def pool_reference(
             batches = _reference_batches(loader, batch_size)
             for images, masks, rows, names in tqdm(batches, total=len(loader), desc="pooling reference",
                                                    disable=not progress):
+                masks, rows, names = _shared_regions(masks, rows, names)
                 counts.append(torch.bincount(rows, minlength=len(images)))
                 if not names:
                     continue
@@ -245,6 +264,30 @@ def pool_reference(
         if raw is not None:
             raw.close()
     return np.load(cache, mmap_mode="r"), labels, name
+
+
+def _shared_regions(masks: torch.Tensor, rows: torch.Tensor, labels: list[str]
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    """One region per distinct (image, mask): the words of masks that are equal pixel for pixel in one
+    image (an object's colour, shape and pattern in ConceptWorld; two names of one COCO or VG box)
+    become one row with several labels, so that training never pushes an object's true words apart.
+
+    Returns (masks [G, H, W], rows [G], labels: G lists of distinct words, in first-seen order)."""
+    if not labels:
+        return masks, rows, []
+    flat = masks.flatten(1)
+    group: dict[tuple[int, bytes], int] = {}
+    first, words = [], []
+    for m, (row, label) in enumerate(zip(rows.tolist(), labels, strict=True)):
+        key = (row, flat[m].numpy().tobytes())
+        g = group.setdefault(key, len(first))
+        if g == len(first):
+            first.append(m)
+            words.append([label])
+        elif label not in words[g]:
+            words[g].append(label)
+    index = torch.tensor(first, dtype=torch.long)
+    return masks[index], rows[index], words
 
 
 def _reference_batches(loader, batch_size: int):
@@ -338,7 +381,7 @@ def _write_pooled(chunks, shape: tuple[int, int], path: Path, meta_path: Path, l
 
     meta_path.unlink(missing_ok=True)  # never an old key beside new vectors, should the second write fail
     atomic_write(path, copy)
-    atomic_write_json(meta_path, {"format": "lavise_fast.pooled/1", "key": key, "labels": labels})
+    atomic_write_json(meta_path, {"format": _POOLED_FORMAT, "key": key, "labels": labels})
 
 
 def _file_chunks(path: Path, size: int = 64 << 20):
@@ -357,12 +400,15 @@ def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, lis
         return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("key") != key:
+        if meta.get("key") != key or meta.get("format") != _POOLED_FORMAT:
             return None
         vectors = np.load(path, mmap_mode="r")
         if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(meta["labels"]):
             raise ValueError(f"shape {vectors.shape} for {len(meta['labels'])} labels")
-        return vectors, list(meta["labels"])
+        labels = meta["labels"]
+        if not all(isinstance(ws, list) and ws and all(isinstance(w, str) for w in ws) for ws in labels):
+            raise ValueError("labels must be non-empty lists of words")
+        return vectors, labels
     except Exception as error:  # any unreadable cache is recomputed, never fatal
         logging.getLogger(__name__).warning("ignoring the unreadable pooled-feature cache %s: %s", path, error)
         return None
@@ -389,23 +435,34 @@ def train_explainer(
     feature_cache: str | os.PathLike | None = None,
     distributed: bool = False,
     progress: bool = True,
+    seen: Sequence[str] | None = None,
+    margin: float = 0.1,
+    unit_input: bool = True,
 ) -> Explainer:
     """Trains a LaViSE explainer for ``layer`` of the frozen ``model`` on ``reference`` items
     (image [3, H, W], masks [M, H, W] bool, labels list[str]).
 
-    The model runs once over the reference set: every (image, object) becomes one
-    ``masked_pool`` vector, kept in memory, or with ``feature_cache`` (a ``.npy`` path) in a
-    memory-mapped file that a later call with the same model, layer and set reuses (see
-    :func:`pool_reference`; with ``distributed`` the ranks of the process group share that pass
-    and every rank gets rank 0's head); the head then trains on those vectors. A seeded
-    ``anno_rate`` share of the label words (those ``space`` knows) are *seen* and supervise;
-    the others are recorded as *unseen*. 10 % of the seen objects are held out; the head with
-    the best held-out loss is kept, and the learning rate is halved when that loss stalls.
+    The model runs once over the reference set: every region (an object's mask; masks equal pixel
+    for pixel in one image are one region with all their words) becomes one ``masked_pool``
+    vector, kept in memory, or with ``feature_cache`` (a ``.npy`` path) in a memory-mapped file
+    that a later call with the same model, layer and set reuses (see :func:`pool_reference`;
+    with ``distributed`` the ranks of the process group share that pass and every rank gets
+    rank 0's head); the head then trains on those vectors with
+    :func:`csmr_loss` (each region's seen words against the other seen words). A seeded
+    ``anno_rate`` share of the label words (those ``space`` knows) are *seen* and supervise, or
+    the words of ``seen`` when it is given (e.g. ``ConceptWorld.split_words``, which holds out
+    family members whose siblings are seen); the others are recorded as *unseen*. 10 % of the
+    regions with a seen word are held out; the head with the best held-out loss is kept, and the
+    learning rate is halved when that loss stalls.
 
     Defaults: the paper trained with lr 1e-4 at batch size 1. With Adam at lr 1e-3 the head
     converges in a few hundred steps, so the batch shrinks on small sets (at most an eighth
     of the training objects, at least 16) to give every epoch at least eight steps, and stays
-    at ``batch_size`` (256) on large ones.
+    at ``batch_size`` (256) on large ones. ``margin`` 0.1 (the paper's is 1): in a sentence
+    encoder's space related words are close (cos("red", "blue") = 0.73 in MiniLM), so no
+    embedding can put one a margin of 1 above the other and the hinge never rests; 0.1 ranked
+    the demo's seen and unseen colours markedly better (bench/RESULTS.md). ``unit_input``
+    (:class:`Explainer`): pooled vectors scaled to unit length before the head.
     """
     if not 0.0 < anno_rate <= 1.0:
         raise ValueError(f"anno_rate must lie in (0, 1], got {anno_rate}")
@@ -417,14 +474,17 @@ def train_explainer(
 
     vectors, labels, layer_name = pool_reference(model, reference, layer, cache=feature_cache, device=device,
                                                  distributed=distributed, progress=progress)
-    vocabulary = Vocabulary.from_words(labels, space)
+    vocabulary = Vocabulary.from_words([w for words in labels for w in words], space)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(vocabulary.words), generator=generator).tolist()
-    n_seen = max(1, round(anno_rate * len(order)))
-    seen = sorted(vocabulary.words[i] for i in order[:n_seen])
-    unseen = sorted(vocabulary.words[i] for i in order[n_seen:])
+    if seen is None:
+        n_seen = max(1, round(anno_rate * len(order)))
+        seen = sorted(vocabulary.words[i] for i in order[:n_seen])
+    else:
+        seen = _given_seen(seen, vocabulary.words)
+    unseen = sorted(set(vocabulary.words) - set(seen))
     index = {w: i for i, w in enumerate(seen)}
-    keep = torch.tensor([i for i, w in enumerate(labels) if w in index], dtype=torch.long)
+    keep = torch.tensor([i for i, words in enumerate(labels) if any(w in index for w in words)], dtype=torch.long)
     words = space.encode(seen)
     perm = torch.randperm(len(keep), generator=generator)
     n_val = len(keep) // 10 if len(keep) >= 20 else 0
@@ -432,10 +492,14 @@ def train_explainer(
     dev = model_device(model, device)
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.to(dev)
-    y = torch.tensor([index[labels[i]] for i in keep.tolist()], dtype=torch.long, device=dev)
+    y = torch.zeros(len(keep), len(seen), dtype=torch.float32)  # marks of each kept region's seen words
+    for r, i in enumerate(keep.tolist()):
+        y[r, [index[w] for w in labels[i] if w in index]] = 1.0
+    y = y.to(dev)
     torch.manual_seed(seed)  # the head's initialisation and dropout
     expl = Explainer(
-        vectors.shape[1], words.shape[1], layer=layer_name, space=getattr(space, "name", ""), seen=seen, unseen=unseen
+        vectors.shape[1], words.shape[1], layer=layer_name, space=getattr(space, "name", ""), seen=seen, unseen=unseen,
+        unit_input=unit_input,
     ).to(dev)
     words = words.to(dev)
     step = int(min(batch_size, max(16, len(train) // 8)))
@@ -451,14 +515,14 @@ def train_explainer(
             if len(batch) < 2:  # BatchNorm needs two rows
                 continue
             with torch.enable_grad():  # also when called under no_grad (explain's default explainer)
-                loss = csmr_loss(expl(_rows(vectors, keep[batch], dev)), y[batch.to(dev)], words)
+                loss = csmr_loss(expl(_rows(vectors, keep[batch], dev)), y[batch.to(dev)], words, margin)
                 optimizer.zero_grad()
                 loss.backward()
             optimizer.step()
         expl.eval()
         with torch.no_grad():
             score = sum(
-                csmr_loss(expl(_rows(vectors, keep[part], dev)), y[part.to(dev)], words).item() * len(part)
+                csmr_loss(expl(_rows(vectors, keep[part], dev)), y[part.to(dev)], words, margin).item() * len(part)
                 for part in held.split(4096)
             ) / len(held)
         scheduler.step(score)
@@ -469,6 +533,23 @@ def train_explainer(
     expl.load_state_dict(best_state)
     expl.trained = True
     return expl.eval().cpu()
+
+
+def _given_seen(seen: Sequence[str], words: list[str]) -> list[str]:
+    """train_explainer's ``seen=``, sorted; words that label no reference region (or that the space lacks)
+    cannot supervise and are left out with a warning."""
+    if isinstance(seen, str) or not all(isinstance(w, str) for w in seen):
+        raise TypeError(f"seen must be a list of words, got {seen!r}"[:200])
+    absent = sorted(set(seen) - set(words))
+    if absent:
+        import warnings
+
+        warnings.warn(f"{len(absent)} of the seen words label no reference region (or the space lacks them) and "
+                      f"cannot supervise; they are left out: {absent[:10]}", UserWarning, stacklevel=3)
+    kept = sorted(set(seen) & set(words))
+    if not kept:
+        raise ValueError(f"seen must name at least one word that labels a reference region, got {list(seen)[:10]}")
+    return kept
 
 
 def _fingerprint(model: nn.Module, *parts: object) -> str:
@@ -518,7 +599,7 @@ def default_explainer(
         layer = default_layer(model, sample.to(dev))
     name = resolve_layer(model, layer)[0]
     space = default_space()
-    key = _fingerprint(model, name, space.name, world_size, epochs, _FORMAT)
+    key = _fingerprint(model, name, space.name, world_size, epochs, _FORMAT, _RECIPE)
     path = cache_dir() / "explainers" / f"{key}.pt"
     cached = None
     if path.is_file():

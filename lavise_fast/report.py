@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from lavise_fast._io import atomic_write
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lavise_fast.diagnostics import filter_flags
 from lavise_fast.layers import LayerFeatures, model_device
 
 if TYPE_CHECKING:
@@ -361,6 +362,23 @@ def _evaluation_table(evaluation: Mapping) -> str:
         if isinstance(values, Mapping):
             rows.append((f"recall@5 / 10 / 20 ({name})",
                          " / ".join(_fmt(values.get(f"recall@{k}"), 3) for k in _RECALL_KS)))
+            beside = [(label, values.get(key)) for key, label in (("chance", "chance"), ("shuffled", "shuffled lists"),
+                                                                 ("gain", "gain over shuffled"))]
+            if all(isinstance(v, Mapping) for _, v in beside):
+                rows.append((f"recall@10 ({name}): " + " / ".join(label for label, _ in beside),
+                             " / ".join(_fmt(v.get("recall@10"), 3) for _, v in beside)))
+    for name, rank in (evaluation.get("rank") or {}).items():
+        if isinstance(rank, Mapping):
+            rows.append((f"mean rank of {name} ground-truth words among {rank.get('words')} {name} words / chance",
+                         f"{_fmt(rank.get('mean'), 3)} / {_fmt(rank.get('chance'), 3)}"))
+    for name, entry in (evaluation.get("dissection_in_top") or {}).items():
+        if isinstance(entry, Mapping):
+            rows.append((f"ND label among the first 1 / 3 / 5 words ({name}: {entry.get('filters')} filters)",
+                         " / ".join(_fmt(entry.get(n), 3) for n in ("1", "3", "5"))))
+    sim = evaluation.get("simulation")
+    if isinstance(sim, Mapping):
+        rows.append(("simulation score: words / ND labels / random words",
+                     " / ".join(_fmt(sim.get(key), 3) for key in ("words", "dissection", "random"))))
     return _table(rows)
 
 
@@ -391,8 +409,32 @@ def _settings_table(result: ExplainResult) -> str:
     return _table(rows)
 
 
+def _word_list(words: list[str], scores: list[float], unseen: set[str]) -> str:
+    """The words as bars of their scores, relative to the best (scores <= 0 give empty bars)."""
+    best = max((s for s in scores if math.isfinite(s)), default=0.0)
+    best = best if best > 0 else 1.0
+    items = []
+    for word, score in zip(words, scores, strict=True):
+        width = 100 * max(0.0, min(1.0, score / best)) if math.isfinite(score) else 0.0
+        if word in unseen:
+            label = f'<span class="w unseen" title="{_e(word)} (unseen in training)">{_e(word)}</span>'
+        else:
+            label = f'<span class="w" title="{_e(word)}">{_e(word)}</span>'
+        items.append(f'<li>{label}<span class="score-track">'
+                     f'<span class="score" style="width:{width:.1f}%"></span></span>'
+                     f'<span class="s">{_fmt(score)}</span></li>')
+    return f'<ol class="words">{"".join(items)}</ol>'
+
+
+_FLAG_TITLES = {
+    "generic": "its first word is among the first 5 words of most filters: it says little about this filter",
+    "undecided": "its two best words score the same, or no word scores above the layer's baseline",
+    "polysemantic": "its top images form two groups that evoke different words (listed below)",
+}
+
+
 def _card(result: ExplainResult, pos: int, pictures: dict[tuple[int, int], str], evaluation: Mapping | None,
-          unseen: set[str], max_images: int, thumbnail: int) -> str:
+          unseen: set[str], max_images: int, thumbnail: int, flags: list[str]) -> str:
     k = result.filters[pos]
     words, scores = result.words[pos], result.scores[pos]
     tops, acts = result.top_images[pos], result.top_activations[pos]
@@ -400,6 +442,7 @@ def _card(result: ExplainResult, pos: int, pictures: dict[tuple[int, int], str],
     top_score = scores[0] if scores else None
     nd = _dissection(evaluation, k)
     search = [w.lower() for w in words]
+    search += [w.lower() for group in (result.groups[pos] if result.groups else [])[1:] for w in group["words"]]
     if nd and nd.get("concept"):
         search.append(str(nd["concept"]).lower())
     attrs = (f'id="filter-{k}" data-filter="{k}" data-score="{_attr_number(top_score)}" '
@@ -410,20 +453,23 @@ def _card(result: ExplainResult, pos: int, pictures: dict[tuple[int, int], str],
             meta.append(f'ND <b class="nd">{_e(nd.get("concept", "n/a"))}</b> IoU <b>{_fmt(nd.get("iou"), 3)}</b>')
         else:
             meta.append('ND <span class="muted">none</span>')
-    parts = [f'<article class="card" {attrs}>', f'<h3>filter {k}</h3>', f'<p class="meta">{" · ".join(meta)}</p>']
-    if words:
-        best = max((s for s in scores if math.isfinite(s)), default=0.0) or 1.0
-        items = []
-        for word, score in zip(words, scores, strict=True):
-            width = 100 * max(0.0, min(1.0, score / best)) if math.isfinite(score) else 0.0
-            if word in unseen:
-                label = f'<span class="w unseen" title="{_e(word)} (unseen in training)">{_e(word)}</span>'
-            else:
-                label = f'<span class="w" title="{_e(word)}">{_e(word)}</span>'
-            items.append(f'<li>{label}<span class="score-track">'
-                         f'<span class="score" style="width:{width:.1f}%"></span></span>'
-                         f'<span class="s">{_fmt(score)}</span></li>')
-        parts.append(f'<ol class="words">{"".join(items)}</ol>')
+        simulation = ((evaluation.get("simulation") or {}).get("per_filter") or {}).get(str(k))
+        if simulation is not None:
+            meta.append(f'<span title="correlation over the images between the filter\'s max activation and how '
+                        f'many of its first words the image holds">simulation <b class="sim">'
+                        f'{_fmt(simulation, 3)}</b></span>')
+    badges = "".join(f' <span class="flag flag-{_e(f)}" title="{_e(_FLAG_TITLES[f])}">{_e(f)}</span>' for f in flags)
+    parts = [f'<article class="card" {attrs}>', f'<h3>filter {k}{badges}</h3>',
+             f'<p class="meta">{" · ".join(meta)}</p>']
+    groups = result.groups[pos] if result.groups else []
+    if len(groups) > 1:
+        for g, group in enumerate(groups):
+            parts.append(f'<p class="group">group {g + 1}: {len(group["images"])} top images '
+                         f'<span class="muted">({_e(", ".join(f"#{i}" for i in group["images"][:8]))}'
+                         f'{" ..." if len(group["images"]) > 8 else ""})</span></p>')
+            parts.append(_word_list(group["words"], group["scores"], unseen))
+    elif words:
+        parts.append(_word_list(words, scores, unseen))
     else:
         parts.append('<p class="muted">No words (no top image with a positive activation voted).</p>')
     shown = [(i, a) for i, a in zip(tops[:max_images], acts[:max_images], strict=True) if (pos, i) in pictures]
@@ -489,6 +535,10 @@ ol.words li { display: grid; grid-template-columns: minmax(0, 1.2fr) 1fr 56px; g
 .w { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .w.unseen { font-style: italic; color: #b45309; }
 .score-track { height: 8px; background: #f1f5f9; border-radius: 2px; }
+.flag { font-size: 11px; font-weight: normal; border-radius: 3px; padding: 0 4px; margin-left: 4px; }
+.flag-generic { background: #fde68a; } .flag-undecided { background: #fecaca; }
+.flag-polysemantic { background: #ddd6fe; }
+.group { margin: 6px 0 2px; font-size: 12px; }
 .score { display: block; height: 100%; background: #93b4ea; border-radius: 2px; }
 .s { text-align: right; font-variant-numeric: tabular-nums; color: var(--muted); font-size: 12px; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 4px; }
@@ -571,7 +621,9 @@ def _page(result: ExplainResult, pictures: dict[tuple[int, int], str], evaluatio
     if evaluation is not None:
         options.append('<option value="iou">ND IoU</option>')
     order = sorted(range(len(result.filters)), key=lambda pos: result.filters[pos])
-    cards = "\n".join(_card(result, pos, pictures, evaluation, unseen, max_images, thumbnail) for pos in order)
+    flags = filter_flags(result)
+    cards = "\n".join(_card(result, pos, pictures, evaluation, unseen, max_images, thumbnail, flags[pos])
+                      for pos in order)
     n = len(result.filters)
     legend = ""
     if pictures and heatmaps:
@@ -634,6 +686,8 @@ def _check_result(result: ExplainResult) -> None:
         ):
             raise ValueError(f"the result is inconsistent for filter {result.filters[pos]}: words/scores or "
                              "top_images/top_activations differ in length")
+    if result.groups and len(result.groups) != n:
+        raise ValueError(f"the result is inconsistent: {n} filters but {len(result.groups)} lists of groups")
 
 
 def _triple(name: str, value) -> tuple[float, float, float]:

@@ -1,7 +1,7 @@
 """The streaming state of one layer of a sweep: what ``explain`` keeps per layer between batches.
 
 :class:`LayerSweep` holds, for the C filters of one layer, the top images (``TopImages``), the
-quantile sketch (``ChannelQuantiles``) and the votes (:class:`Votes`) of the chosen filters.
+quantile sketch (``ChannelQuantiles``) and the top pairs' embeddings (:class:`TopPairs`) of the chosen filters.
 Its whole state is a dict of CPU tensors (``state_dict`` / ``load_state_dict``) that a
 checkpoint stores, and two states of disjoint image sets merge (``merge``) into the state of
 one stream over both: the ranks of a distributed sweep merge this way.
@@ -9,33 +9,36 @@ one stream over both: the ranks of a distributed sweep merge this way.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lavise_fast import ops
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
-__all__ = ["LayerSweep", "Votes", "default_stash_bytes"]
+__all__ = ["LayerSweep", "TopPairs", "default_stash_bytes"]
 
 
-class Votes:
-    """The (filter, image) pairs of the top images and what they vote for.
+class TopPairs:
+    """The (filter, image) pairs of the top images and their embeddings.
 
     Pairs entering a filter's top images are stashed with their pooled vector z [C] and weight;
     stashed pairs that have left the top images are dropped before they are scored, and the
-    stash is scored (head, ``cosine_topk``) only when it outgrows ``budget_bytes`` and at the
-    end, so most pairs that enter and leave again are never scored. Scored pairs keep only
-    their s best word indices: per filter, image -> (indices [s], or None when the embedding
-    was not finite; weight).
+    stash is scored (the head) only when it outgrows ``budget_bytes`` and at the end, so most
+    pairs that enter and leave again are never scored. Scored pairs keep their unit embedding:
+    per filter, image -> (embedding [D], or None when it was not finite; weight). How the
+    embeddings become words is :mod:`lavise_fast.scoring`'s job, at the end of the sweep.
     """
 
-    def __init__(self, channels: int, head, words: torch.Tensor, s: int, budget_bytes: int = 64 << 20) -> None:
+    def __init__(self, channels: int, head, budget_bytes: int = 64 << 20) -> None:
         self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
-        self.head, self.words, self.s = head, words, s
+        self.head = head
         self.budget_rows = max(1, budget_bytes // (4 * channels))
         self.chunk_rows = max(1, min(budget_bytes, 64 << 20) // (4 * channels) // 4)  # pairs pooled at once
         self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.stash_rows = 0
         self.non_finite = 0
+        self.dim: int | None = None
 
     def add(self, filt: torch.Tensor, images: torch.Tensor, weights: torch.Tensor, z: torch.Tensor,
             tops: TopImages | None = None) -> None:
@@ -63,24 +66,20 @@ class Votes:
         self.stash_rows = int(alive.sum())
 
     def score(self) -> None:
-        """Scores the stash: head, then the s best words by cosine similarity (or both at once in a
-        vocabulary-fused ONNX head, whose similarities are non-finite where the embedding is)."""
+        """Sends the stash through the head and keeps each pair's unit embedding."""
         if not self.stash_parts:
             return
         filt, images, weights, z = self._stash()
         self.stash_parts, self.stash_rows = [], 0
-        if getattr(self.head, "fused", False):
-            scores, best = self.head(z)
-            finite, best = torch.isfinite(scores).all(1), best[:, : self.s]
-        else:
-            embedded = self.head(z)
-            finite = torch.isfinite(embedded).all(1)
-            _, best = ops.cosine_topk(torch.where(finite[:, None], embedded, 0.0), self.words, self.s)
-        finite, best = finite.tolist(), best.cpu()
+        embedded = self.head(z).float()
+        self.dim = embedded.shape[1]
+        finite = torch.isfinite(embedded).all(1)
+        unit = torch.nn.functional.normalize(torch.where(finite[:, None], embedded, 0.0), dim=1)
+        finite = finite.tolist()
         self.non_finite += finite.count(False)
-        for k, image, weight, w_idx, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), best, finite,
-                                               strict=True):
-            self.pairs[k][image] = (w_idx if ok else None, weight)
+        for k, image, weight, row, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), unit, finite,
+                                             strict=True):
+            self.pairs[k][image] = (row.clone() if ok else None, weight)
 
     def forget(self, tops: TopImages, filters: list[int]) -> None:
         """Drops the scored pairs of ``filters`` that are no longer among their top images."""
@@ -89,34 +88,43 @@ class Votes:
                 keep = set(tops.indices[k].tolist())
                 self.pairs[k] = {i: v for i, v in self.pairs[k].items() if i in keep}
 
-    def ranked(self, k: int, images: list[int], num_words: int) -> list[tuple[int, float]]:
-        """The vote of filter k over its top images: (word index, summed weight), best first, ties to
-        the smaller index. Images with a maximum <= 0 or no finite embedding do not vote."""
-        votes: dict[int, float] = {}
-        for image in images:
-            w_idx, weight = self.pairs[k].get(image, (None, 0.0))
-            if w_idx is None or not weight > 0:
-                continue
-            for w in w_idx.tolist():
-                votes[w] = votes.get(w, 0.0) + weight
-        return sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:num_words]
+    def tensors(self, filters: list[int], images: torch.Tensor, dim: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings [K, P, dim], weights [K, P]) of ``filters`` over their top images ``images``
+        [K, P] (-1: an empty slot); a slot with no scored pair, a non-finite embedding or a weight
+        <= 0 gets weight 0 (it does not count)."""
+        K, P = images.shape
+        embeddings = torch.zeros(K, P, dim, device=device)
+        weights = torch.zeros(K, P, device=device)
+        at, rows, values = [], [], []
+        for row, (k, top) in enumerate(zip(filters, images.tolist(), strict=True)):
+            for slot, image in enumerate(top):
+                embedding, weight = self.pairs[k].get(image, (None, 0.0))
+                if embedding is not None and weight > 0:
+                    at.append((row, slot))
+                    rows.append(embedding)
+                    values.append(weight)
+        if at:
+            index = torch.tensor(at, device=device).t()
+            embeddings[index[0], index[1]] = torch.stack(rows).to(device)
+            weights[index[0], index[1]] = torch.tensor(values, device=device)
+        return embeddings, weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The scored pairs (filter [M], image [M], weight [M], words [M, s] with -1 rows where the
-        embedding was not finite) and the stash (filter, image, weight, z [R, C]), on the CPU."""
-        rows = [(k, image, weight, w_idx) for k, pairs in enumerate(self.pairs)
-                for image, (w_idx, weight) in pairs.items()]
-        words = torch.full((len(rows), self.s), -1, dtype=torch.int64)
-        for m, (_, _, _, w_idx) in enumerate(rows):
-            if w_idx is not None:
-                words[m] = w_idx
+        """The scored pairs (filter [M], image [M], weight [M], embedding [M, D] with NaN rows where it
+        was not finite) and the stash (filter, image, weight, z [R, C]), on the CPU."""
+        rows = [(k, image, weight, e) for k, pairs in enumerate(self.pairs) for image, (e, weight) in pairs.items()]
+        embeddings = torch.full((len(rows), self.dim or 0), math.nan)
+        for m, (_, _, _, e) in enumerate(rows):
+            if e is not None:
+                embeddings[m] = e.cpu()
         stash = self._stash() if self.stash_parts else (torch.zeros(0, dtype=torch.int64),) * 2 + (
             torch.zeros(0), torch.zeros(0, len(self.pairs)))
         return {
             "filter": torch.tensor([r[0] for r in rows], dtype=torch.int64),
             "image": torch.tensor([r[1] for r in rows], dtype=torch.int64),
             "weight": torch.tensor([r[2] for r in rows], dtype=torch.float32),
-            "words": words,
+            "embedding": embeddings,
             "stash_filter": stash[0].cpu(), "stash_image": stash[1].cpu(),
             "stash_weight": stash[2].cpu(), "stash_z": stash[3].cpu(),
             "non_finite": torch.tensor(self.non_finite),
@@ -127,9 +135,12 @@ class Votes:
         if not merge:
             self.pairs = [{} for _ in self.pairs]
             self.stash_parts, self.stash_rows, self.non_finite = [], 0, 0
-        for k, image, weight, w_idx in zip(state["filter"].tolist(), state["image"].tolist(),
-                                           state["weight"].tolist(), state["words"], strict=True):
-            self.pairs[k][image] = (None if bool((w_idx < 0).any()) else w_idx.clone(), weight)
+        embeddings = state["embedding"]
+        if embeddings.shape[0]:
+            self.dim = embeddings.shape[1]
+        for k, image, weight, e in zip(state["filter"].tolist(), state["image"].tolist(), state["weight"].tolist(),
+                                       embeddings.to(device), strict=True):
+            self.pairs[k][image] = (None if bool(torch.isnan(e).any()) else e.clone(), weight)
         if len(state["stash_filter"]):
             self.stash_parts.append(tuple(state[f"stash_{key}"].to(device)
                                           for key in ("filter", "image", "weight", "z")))
@@ -147,7 +158,7 @@ def default_stash_bytes(channels: int, top_images: int) -> int:
 
 
 class LayerSweep:
-    """Top images, quantile sketch and votes of one layer, fed one batch of its features at a time.
+    """Top images, quantile sketch and top pairs of one layer, fed one batch of its features at a time.
 
     ``chosen`` are the filters to explain; ``given`` the thresholds [C] when the caller gave them.
     ``in_pass`` methods pool the entering pairs during the pass (``projection``, ``original``, and
@@ -157,22 +168,21 @@ class LayerSweep:
     top images included.
     """
 
-    def __init__(self, name: str, head, words: torch.Tensor, s: int, method: str, top_images: int,
-                 channels: int, chosen: list[int], given: torch.Tensor | None, device: torch.device,
-                 stash_bytes: int | None = None) -> None:
+    def __init__(self, name: str, head, method: str, top_images: int, channels: int, chosen: list[int],
+                 given: torch.Tensor | None, device: torch.device, stash_bytes: int | None = None) -> None:
         self.name, self.method, self.chosen, self.given = name, method, chosen, given
         self.in_pass = method in ("projection", "original") or (method == "activation" and given is not None)
         self.tops = TopImages(channels, top_images, device=device)
         self.quantiles = ChannelQuantiles(channels, device=device)
         stash_bytes = default_stash_bytes(channels, top_images) if stash_bytes is None else stash_bytes
-        self.votes = Votes(channels, head, words, s, stash_bytes)
+        self.pairs = TopPairs(channels, head, stash_bytes)
         self.wanted = torch.zeros(channels, dtype=torch.bool, device=device)
         self.wanted[chosen] = True
         self.device = device
 
     def update(self, features: torch.Tensor, base: int) -> None:
         """Adds a batch of features [N, C, h, w] whose images have the indices base, ..., base + N - 1."""
-        tops, votes = self.tops, self.votes
+        tops, pairs = self.tops, self.pairs
         tops.update(features, base)
         self.quantiles.update(features)
         if not self.in_pass:
@@ -180,34 +190,34 @@ class LayerSweep:
         n = features.shape[0]
         entered = (tops.indices >= base) & (tops.indices < base + n) & self.wanted[:, None]
         filt, slot = entered.nonzero(as_tuple=True)
-        for f, sl in zip(filt.split(votes.chunk_rows), slot.split(votes.chunk_rows), strict=True):
+        for f, sl in zip(filt.split(pairs.chunk_rows), slot.split(pairs.chunk_rows), strict=True):
             rows = tops.indices[f, sl] - base  # pooled in chunks: memory stays within the budget
             if self.method == "original":
                 z = features[rows].float().mean((2, 3))
             else:
                 z = ops.attention_pool(features, rows, f, mode=self.method, thresholds=self.given)
-            votes.add(f, rows + base, tops.values[f, sl], z, tops)
+            pairs.add(f, rows + base, tops.values[f, sl], z, tops)
         if len(filt):
-            votes.forget(tops, filt.unique().tolist())
+            pairs.forget(tops, filt.unique().tolist())
 
     def settle(self) -> None:
         """Drops the stashed pairs that left the top images and scores the rest."""
-        self.votes.prune(self.tops)
-        self.votes.score()
+        self.pairs.prune(self.tops)
+        self.pairs.score()
 
     def state_dict(self, image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The whole state on the CPU; ``image_index`` [n] maps the image indices used so far
         (0..n-1, e.g. a rank's positions in its shard) to other ones (the global indices)."""
         indices = self.tops.indices.cpu()
-        votes = self.votes.state_dict()
+        pairs = self.pairs.state_dict()
         if image_index is not None:
             indices = torch.where(indices >= 0, image_index[indices.clamp_min(0)], indices)
-            votes["image"] = image_index[votes["image"]]
-            votes["stash_image"] = image_index[votes["stash_image"]]
+            pairs["image"] = image_index[pairs["image"]]
+            pairs["stash_image"] = image_index[pairs["stash_image"]]
         state = {"top_values": self.tops.values.cpu(), "top_indices": indices, "top_seen": torch.tensor(self.tops.seen),
                  "q_means": self.quantiles.means.cpu(), "q_weights": self.quantiles.weights.cpu(),
                  "q_summary": self.quantiles.summary.cpu()}
-        state.update({f"votes.{key}": value for key, value in votes.items()})
+        state.update({f"pairs.{key}": value for key, value in pairs.items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor], merge: bool = False) -> None:
@@ -220,10 +230,10 @@ class LayerSweep:
             self.quantiles.merge(other[1])
         else:
             self.tops, self.quantiles = other
-        self.votes.load_state_dict({key[6:]: value for key, value in state.items() if key.startswith("votes.")},
+        self.pairs.load_state_dict({key[6:]: value for key, value in state.items() if key.startswith("pairs.")},
                                    self.device, merge=merge)
         if merge:
-            self.votes.forget(self.tops, self.chosen)
+            self.pairs.forget(self.tops, self.chosen)
 
     def _stats_from(self, state: dict[str, torch.Tensor]) -> tuple[TopImages, ChannelQuantiles]:
         values = state["top_values"]

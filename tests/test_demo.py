@@ -71,19 +71,26 @@ def test_run_demo_tiny_writes_the_report_and_returns_the_table(tmp_path):
     summary = demo.run_demo(out, progress=False, **TINY)
     for name in ("report.html", "result.json", "evaluation.json", "explainer.pt", "model.pt"):
         assert (out / name).is_file(), name
-    assert summary["model"] == "small-resnet" and summary["layer"] == "layer2"
+    assert summary["model"] == "small-resnet" and summary["layer"] == "layer3"
     assert summary["filters"] == 8
     assert summary["images"] == {"reference": 24, "target": 12}
     for part in ("all", "seen", "unseen"):
-        assert set(summary["recall"][part]) == {"recall@5", "recall@10", "recall@20"}
+        assert set(summary["recall"][part]) == {"recall@5", "recall@10", "recall@20", "chance", "shuffled", "gain"}
+    assert set(summary["rank"]) == {"seen", "unseen"} and summary["scoring"] == "pmi"
+    assert summary["words"]["filters"] == 8 and set(summary["simulation"]) == {"words", "dissection", "random",
+                                                                               "words_used"}
     stages = ["word space", "target model", "explainer", "explain", "evaluate", "report", "total"]
     assert [s.replace(" (cached)", "") for s in summary["timings"]] == stages
     table = summary["table"]
     assert "8 filters explained" in table and "recall@10" in table and "unseen" in table and "report" in table
+    assert "shuffled" in table and "mean rank" in table and "simulation" in table and "Network-Dissection" in table
     result = ExplainResult.load(out / "result.json")
     assert result.settings["target"] == {"kind": "world", "size": 12, "start": 24, "image_size": 32, "seed": 0,
                                          "objects_per_image": [1, 2]}
-    assert len(result.settings["seen"]) == len(result.settings["unseen"])  # anno_rate 0.5
+    # anno_rate 0.5, held out within the world's concept families (every unseen word has a seen sibling)
+    seen, unseen = demo.DemoSettings(**TINY).world().split_words(0.5, 0)
+    assert result.settings["seen"] == [w for w in seen if w in result.settings["seen"]]
+    assert set(result.settings["unseen"]) <= set(unseen) and result.settings["unseen"]
     evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert evaluation["recall@10"] == summary["recall"]["all"]["recall@10"]
     assert "LaViSE demo" in (out / "report.html").read_text(encoding="utf-8")
@@ -100,9 +107,16 @@ def test_run_demo_refuses_bad_arguments(tmp_path):
 
 
 def test_summary_table_handles_missing_recalls():
+    missing = {"recall@10": None}
     summary = {"model": "m", "layer": "l", "filters": 3, "images": {"reference": 1, "target": 2}, "seen_words": 1,
-               "vocabulary": 2, "unseen_words": 0, "unseen_produced": None,
-               "recall": {p: {"recall@5": None, "recall@10": 0.5, "recall@20": 1.0} for p in ("all", "seen", "unseen")},
+               "vocabulary": 2, "unseen_words": 0, "unseen_produced": None, "scoring": "pmi",
+               "recall": {p: {"recall@5": None, "recall@10": 0.5, "recall@20": 1.0, "chance": missing,
+                              "shuffled": missing, "gain": missing} for p in ("all", "seen", "unseen")},
+               "rank": {p: {"mean": None, "chance": None, "words": 0} for p in ("seen", "unseen")},
+               "dissection_in_top": {"all": {"1": None, "3": None, "5": None, "filters": 0}},
+               "simulation": {"words": None, "dissection": None, "random": None, "words_used": 3},
+               "words": {"ties": None, "distinct_first": 0, "most_shared": {"word": None, "share": None},
+                         "polysemantic": 0},
                "timings": {"explain": 1.25, "total": 2.5}}
     table = demo.summary_table(summary)
     assert "n/a" in table and "0.500" in table and "explain" in table

@@ -9,12 +9,15 @@ from lavise_fast.explainer import Explainer, csmr_loss
 
 
 def naive_csmr(embeddings, targets, words, margin=1.0):
+    """Every true word of a row against every other word, averaged over the row's true words."""
     total = 0.0
     for b in range(embeddings.shape[0]):
         sims = [torch.nn.functional.cosine_similarity(embeddings[b], w, dim=0).item() for w in words]
         marked = targets[b].nonzero().flatten().tolist() if targets.dim() == 2 else [int(targets[b])]
-        true = sum(sims[v] for v in marked) / len(marked)
-        total += sum(max(0.0, margin - true + s) for v, s in enumerate(sims) if v not in marked)
+        row = 0.0
+        for t in marked:
+            row += sum(max(0.0, margin - sims[t] + s) for v, s in enumerate(sims) if v not in marked)
+        total += row / len(marked)
     return total / embeddings.shape[0]
 
 
@@ -33,6 +36,11 @@ def test_csmr_is_zero_only_when_the_word_wins_by_the_margin():
     words = torch.eye(3)
     assert csmr_loss(torch.tensor([[1.0, -1.0, -1.0]]), torch.tensor([0]), words).item() == 0.0
     assert csmr_loss(torch.tensor([[1.0, 0.5, 0.0]]), torch.tensor([0]), words).item() > 0.0
+    # A region with two true words: neither is a negative of the other, so an embedding between them
+    # costs nothing as long as both beat the third word by the margin.
+    both = torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[1.0, 0.0, 1.0]])
+    assert csmr_loss(both[0], both[1], words, margin=0.7).item() == 0.0
+    assert csmr_loss(both[0], torch.tensor([0]), words, margin=0.7).item() > 0.0  # one true word: pushed apart
     with pytest.raises(ValueError, match="at least one word"):
         csmr_loss(torch.randn(2, 3), torch.zeros(2, 3), words)
 
@@ -144,7 +152,8 @@ def test_training_lowers_the_loss_and_ranks_the_right_word_first(space):
     assert expl.trained and expl.layer == "4" and expl.channels == 48 and expl.unseen == []
     vectors, labels, _ = pool_reference(model, Patches(60, seed=7), "4", progress=False)
     words = space.encode(expl.seen)
-    targets = torch.tensor([expl.seen.index(w) for w in labels])
+    assert all(len(ws) == 1 for ws in labels)  # one word per patch
+    targets = torch.tensor([expl.seen.index(ws[0]) for ws in labels])
     untrained = Explainer(48, 16).eval()
     with torch.no_grad():
         loss_after = csmr_loss(expl(vectors), targets, words).item()
@@ -199,3 +208,34 @@ def test_memory_mapped_feature_cache_trains_the_same_head_and_is_reused(space, t
     (tmp_path / "pooled.npy.json").write_text("{ broken")  # a broken cache is recomputed, not trusted
     again, _, _ = pool_reference(model, data, "4", cache=cache, progress=False)
     assert torch.equal(torch.from_numpy(again.copy()), vectors)
+
+
+def test_equal_masks_of_one_image_are_one_region_with_all_their_words(space):
+    """An object's colour, shape and pattern share a mask in ConceptWorld: pool_reference makes them one
+    row labelled with every word (never three rows that the loss would push apart); equal masks of two
+    different images stay two rows."""
+    from lavise_fast.explainer import pool_reference, train_explainer
+
+    g = torch.Generator().manual_seed(4)
+    mask = torch.zeros(2, 32, 32, dtype=torch.bool)
+    mask[0, 4:20, 4:20] = True
+    mask[1, 16:30, 10:28] = True
+    image = torch.randn(3, 32, 32, generator=g)
+    items = [(image, torch.stack([mask[0], mask[0], mask[1], mask[0]]), ["red", "blue", "green", "red"]),
+             (torch.randn(3, 32, 32, generator=g), mask[:1], ["cyan"])]
+    model = small_cnn()
+    vectors, labels, _ = pool_reference(model, items, "4", progress=False)
+    assert labels == [["red", "blue"], ["green"], ["cyan"]] and vectors.shape[0] == 3
+    from lavise_fast.explainer import pool_reference as again
+
+    alone, _, _ = again(model, [(image, mask[:1], ["red"])], "4", progress=False)
+    torch.testing.assert_close(vectors[:1], alone)
+    expl = train_explainer(model, items * 8, "4", space, seen=["red", "green"], epochs=1, progress=False)
+    assert expl.seen == ["green", "red"] and expl.unseen == ["blue", "cyan"]
+    with pytest.warns(UserWarning, match=r"1 of the seen words label no reference region .* \['purple'\]"):
+        lone = train_explainer(model, items * 8, "4", space, seen=["red", "purple"], epochs=1, progress=False)
+    assert lone.seen == ["red"] and lone.unseen == ["blue", "cyan", "green"]
+    with pytest.raises(ValueError, match="seen must name at least one word that labels a reference region"):
+        train_explainer(model, items, "4", space, seen=["purple"], progress=False)
+    with pytest.raises(TypeError, match="seen must be a list of words"):
+        train_explainer(model, items, "4", space, seen="red", progress=False)

@@ -589,7 +589,7 @@ class Items(torch.utils.data.Dataset):
 def test_pool_reference_names_the_items_of_a_batch_with_wrong_masks():
     model = tiny_net()
     vectors, labels, _ = pool_reference(model, Items(bad=-1), "relu", batch_size=4, progress=False)
-    assert vectors.shape == (6, 5) and labels == ["red"] * 6
+    assert vectors.shape == (6, 5) and labels == [["red"]] * 6
     with pytest.raises(
         ValueError,
         match=r"in the batch of reference items 4 to 7: item 1: masks of size \(16, 12\) "

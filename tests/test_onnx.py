@@ -208,17 +208,12 @@ def test_explain_with_the_onnx_head_equals_the_torch_head(expl, vocab, exported)
     kw = dict(vocabulary=vocab, top_images=4, words_per_image=3, num_words=6, progress=False)
     reference = explain(model, loader, expl, **kw)
     assert sum(map(len, reference.words)) > 0
-    for head in ("onnx", OnnxHead(exported[1])):  # exported on the fly, or given (top_k 5 >= 3)
+    for head in ("onnx", OnnxHead(exported[0])):  # exported on the fly, or given (vocabulary-free)
         res = explain(model, loader, expl, head=head, **kw)
         assert res.words == reference.words and res.top_images == reference.top_images
-        for a, b in zip(res.scores, reference.scores, strict=True):
-            assert a == pytest.approx(b, rel=1e-6)
+        for a, b in zip(res.scores, reference.scores, strict=True):  # log-probabilities of cosines / 0.05
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-5)
     with pytest.raises(ValueError, match="head must be 'torch', 'onnx'"):
         explain(model, loader, expl, head="tensorrt", **kw)
-    with pytest.raises(ValueError, match="has no vocabulary"):
-        explain(model, loader, expl, head=OnnxHead(exported[0]), **kw)
-    with pytest.raises(ValueError, match="another vocabulary"):
-        small = Vocabulary(vocab.words[:10], vocab.vectors[:10], space="test")
-        explain(model, loader, expl, head=OnnxHead(exported[1]), **{**kw, "vocabulary": small})
-    with pytest.raises(ValueError, match="gives 5 words per image"):
-        explain(model, loader, expl, head=OnnxHead(exported[1]), **{**kw, "words_per_image": 6})
+    with pytest.raises(ValueError, match="fused with a vocabulary .* export the head without vocabulary="):
+        explain(model, loader, expl, head=OnnxHead(exported[1]), **kw)

@@ -6,6 +6,7 @@ errors, shows every filter, search filters the list, sorting reorders it, and a 
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import io
 import os
@@ -22,6 +23,7 @@ from torch import nn
 
 from lavise_fast.data import ConceptWorld
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lavise_fast.diagnostics import filter_flags
 from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import Explainer
 from lavise_fast.layers import layer_features
@@ -154,6 +156,46 @@ def test_real_result_report_shows_every_filter_with_heatmaps_over_its_top_images
     again = tmp_path / "again.html"
     result.report(again, images=world, model=model, evaluation=evaluation, max_images=3, progress=False)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_cards_show_the_simulation_score_the_flags_and_each_group(handmade, tmp_path):
+    """The evaluation's simulation score per filter, a badge for each flag of lavise_fast.diagnostics
+    (generic, undecided, polysemantic) and, for a filter with two groups, each group's images and words;
+    the summary lists chance, shuffled and gain beside the recalls."""
+    result, evaluation = handmade
+    result = copy.deepcopy(result)
+    n = len(result.filters)
+    result.settings["scoring"] = "pmi"
+    result.words = [["hub", *ws[:2]] if i % 3 else ws for i, ws in enumerate(result.words)]  # generic: 2/3
+    result.scores = [[(1.0 if i % 5 else -0.1) - 0.3 * j for j in range(len(ws))]  # every fifth: nothing above 0
+                     for i, ws in enumerate(result.words)]
+    result.groups = [[{"images": t, "words": ws, "scores": sc}] for t, ws, sc in
+                     zip(result.top_images, result.words, result.scores, strict=True)]
+    two = 4
+    result.groups[two] = [{"images": result.top_images[two][:3], "words": ["zebra", "moon"], "scores": [2.0, 1.0]},
+                          {"images": result.top_images[two][3:], "words": ["lagoon"], "scores": [0.7]}]
+    recall = {"recall@5": 0.1, "recall@10": 0.2, "recall@20": 0.3}
+    evaluation = {**evaluation, "chance": recall, "shuffled": recall, "gain": recall,
+                  "rank": {"unseen": {"mean": 3.5, "chance": 6.0, "words": 11, "count": 9}},
+                  "simulation": {"words": 0.25, "dissection": 0.5, "random": 0.0, "words_used": 3,
+                                 "per_filter": {str(k): round(0.01 * i, 2) for i, k in enumerate(result.filters)}}}
+    path = tmp_path / "report.html"
+    write_report(result, path, evaluation=evaluation, progress=False)
+    text = path.read_text(encoding="utf-8")
+    cards = dict(cards_of(text))
+    flags = filter_flags(result)
+    assert sum("generic" in f for f in flags) > n // 2 and any("undecided" in f for f in flags)
+    for pos, k in enumerate(result.filters):
+        card = cards[k]
+        for flag in ("generic", "undecided", "polysemantic"):
+            assert (f'class="flag flag-{flag}"' in card) == (flag in flags[pos]), (k, flag)
+        assert f'<b class="sim">{round(0.01 * pos, 2):.3g}</b>' in card
+    card = cards[result.filters[two]]
+    assert "group 1: 3 top images" in card and "group 2: 2 top images" in card
+    assert card.index(">zebra<") < card.index(">moon<") < card.index(">lagoon<")
+    assert "recall@10 (all): chance / shuffled lists / gain over shuffled" in text
+    assert "mean rank of unseen ground-truth words among 11 unseen words / chance" in text
+    assert "simulation score: words / ND labels / random words" in text
 
 
 def test_thumbnails_are_resized_and_limited(real, world, tmp_path):

@@ -14,7 +14,18 @@ import torch
 from PIL import Image
 
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lavise_fast.data.world import BACKGROUNDS, COLOURS, PATTERNS, SHAPES, ConceptWorld
+from lavise_fast.data.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DEFAULT_BACKGROUNDS,
+    DEFAULT_COLOURS,
+    DEFAULT_PATTERNS,
+    DEFAULT_SHAPES,
+    FAMILIES,
+    PATTERNS,
+    SHAPES,
+    ConceptWorld,
+)
 
 
 def _unnormalise(image: torch.Tensor) -> torch.Tensor:
@@ -41,8 +52,56 @@ def test_item_format():
 
 def test_default_concepts():
     world = ConceptWorld(size=1)
-    assert world.concepts == [*COLOURS, *SHAPES, *(p for p in PATTERNS if p != "plain"), *BACKGROUNDS]
-    assert "plain" not in world.concepts and len(set(world.concepts)) == len(world.concepts)
+    assert world.concepts == [*DEFAULT_COLOURS, *DEFAULT_SHAPES, *(p for p in DEFAULT_PATTERNS if p != "plain"),
+                              *DEFAULT_BACKGROUNDS]
+    assert "plain" not in world.concepts and len(set(world.concepts)) == len(world.concepts) == 36
+    # Every default word has a sibling in a family, so any of them can be held out.
+    assert all(len([f for f in world.families.values() if w in f]) == 1 for w in world.concepts)
+    everything = ConceptWorld(size=1, colours=COLOURS, shapes=SHAPES, patterns=PATTERNS, backgrounds=BACKGROUNDS)
+    assert len(everything.concepts) == len(COLOURS) + len(SHAPES) + len(PATTERNS) - 1 + len(BACKGROUNDS)
+    assert all(w in everything.concepts for words in FAMILIES.values() for w in words)
+
+
+@pytest.mark.parametrize(("anno_rate", "seed"), [(0.5, 0), (0.5, 3), (0.3, 1), (0.9, 2), (1.0, 0)])
+def test_split_words_holds_out_variants_whose_base_concept_is_seen(anno_rate, seed):
+    world = ConceptWorld(size=1, shapes=(*DEFAULT_SHAPES, "star", "heart"))  # two words without a family
+    seen, unseen = world.split_words(anno_rate, seed)
+    assert sorted(seen + unseen) == sorted(world.concepts) and not set(seen) & set(unseen)
+    assert seen == sorted(seen) and unseen == sorted(unseen)
+    assert {"star", "heart"} <= set(seen)
+    families = world.families
+    for word in unseen:
+        family = next(f for f in families.values() if word in f)
+        assert family[0] in seen and word != family[0], f"{word} is unseen and so is its family's base: {family}"
+    most = len(world.concepts) - len(families) - 2  # every family keeps its base, the two lone words stay seen
+    assert len(unseen) == min(most, len(world.concepts) - round(anno_rate * len(world.concepts)))
+    assert world.split_words(anno_rate, seed) == (seen, unseen)
+    if anno_rate == 0.5:
+        assert world.split_words(anno_rate, seed + 1) != (seen, unseen)
+    with pytest.raises(ValueError, match=r"anno_rate must be a number in \(0, 1\]"):
+        world.split_words(0.0)
+
+
+def test_attribute_regions_give_colour_pattern_and_shape_their_own_masks():
+    shared = ConceptWorld(size=20, image_size=64, seed=4, patterns=("striped", "dotted"))
+    own = ConceptWorld(size=20, image_size=64, seed=4, patterns=("striped", "dotted"), attribute_regions=True)
+    checked = 0
+    for i in range(len(own)):
+        a, b = shared[i], own[i]
+        assert torch.equal(a[0], b[0])  # the same pixels
+        scene = own.scene(i)
+        masks = dict(zip(b[2][1:], b[1][1:], strict=True)) if len(scene.objects) == 1 else None
+        if masks is None or len(masks) != 3:
+            continue
+        obj = scene.objects[0]
+        colour, shape, pattern = masks[obj.colour], masks[obj.shape], masks[obj.pattern]
+        assert not (colour & pattern).any() and torch.equal(colour | pattern, shape)
+        assert 0 < pattern.sum() < shape.sum() and 0 < colour.sum() < shape.sum()
+        rgb = _unnormalise(b[0])  # the pattern's marks are drawn in the second colour, the rest in the first
+        first = torch.tensor(own.colour_rgb(obj.colour))[:, None]
+        assert (rgb[:, colour] - first).abs().mean() < (rgb[:, pattern] - first).abs().mean()
+        checked += 1
+    assert checked >= 3
 
 
 def test_deterministic_and_order_free():
@@ -125,8 +184,8 @@ def test_weights_skew_the_colours():
 
     plain = ConceptWorld(size=300, image_size=32, seed=0)
     skewed = ConceptWorld(size=300, image_size=32, seed=0, weights={"red": 5.0})
-    assert 0.05 < red_share(plain) < 0.16  # 1 / 10
-    assert 0.28 < red_share(skewed) < 0.45  # 5 / 14
+    assert 0.03 < red_share(plain) < 0.10  # 1 / 16
+    assert 0.18 < red_share(skewed) < 0.34  # 5 / 20
     without = ConceptWorld(size=50, image_size=32, seed=0, weights={"red": 0, "circle": 0, "sky": 0})
     scenes = [without.scene(i) for i in range(len(without))]
     drawn = {s.background for s in scenes} | {w for s in scenes for obj in s.objects for w in obj.words}
@@ -171,8 +230,7 @@ def test_concept_lists_and_object_counts():
         ({"colours": {"sky": (0, 0, 1)}}, ValueError, "'sky' is in both colours and backgrounds"),
         ({"weights": {"mauve": 2.0}}, ValueError, r"weights has keys \['mauve'\]"),
         ({"weights": {"red": -1.0}}, ValueError, r"weights\['red'\] must be a finite number >= 0, got -1.0"),
-        ({"weights": {"sky": 0, "grass": 0, "sand": 0, "water": 0, "snow": 0, "brick": 0, "wood": 0, "road": 0}},
-         ValueError, "every word of backgrounds weight 0"),
+        ({"weights": dict.fromkeys(DEFAULT_BACKGROUNDS, 0)}, ValueError, "every word of backgrounds weight 0"),
         ({"objects_per_image": (3, 1)}, ValueError, r"0 <= low <= high <= 12, got \(3, 1\)"),
         ({"objects_per_image": (1, 13)}, ValueError, r"got \(1, 13\)"),
         ({"objects_per_image": -1}, ValueError, r"got \(-1, -1\)"),

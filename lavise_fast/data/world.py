@@ -28,32 +28,82 @@ from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD = np.array(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
 
-__all__ = ["BACKGROUNDS", "COLOURS", "PATTERNS", "SHAPES", "ConceptWorld", "Scene", "SceneObject"]
+__all__ = ["BACKGROUNDS", "COLOURS", "DEFAULT_BACKGROUNDS", "DEFAULT_COLOURS", "DEFAULT_PATTERNS", "DEFAULT_SHAPES",
+           "FAMILIES", "PATTERNS", "SHAPES", "ConceptWorld", "Scene", "SceneObject"]
 
-#: Colour words and their RGB in [0, 1]: far apart in hue or lightness.
+#: Colour words and their RGB in [0, 1]. Shades ("dark red", "light blue") sit next to their base colour
+#: in pixels (darker or paler) and in the word space (a sentence encoder embeds "dark red" near "red").
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.08, 0.08),
+    "dark red": (0.48, 0.03, 0.05),
     "green": (0.10, 0.68, 0.18),
+    "dark green": (0.03, 0.34, 0.09),
+    "light green": (0.60, 0.93, 0.48),
     "blue": (0.10, 0.25, 0.92),
+    "dark blue": (0.04, 0.09, 0.45),
+    "light blue": (0.52, 0.75, 1.00),
     "yellow": (0.98, 0.88, 0.08),
     "orange": (1.00, 0.52, 0.02),
+    "dark orange": (0.72, 0.32, 0.00),
     "purple": (0.52, 0.12, 0.70),
+    "light purple": (0.80, 0.62, 0.96),
     "white": (0.97, 0.97, 0.97),
+    "grey": (0.50, 0.50, 0.52),
     "black": (0.05, 0.05, 0.05),
     "pink": (1.00, 0.55, 0.76),
     "brown": (0.48, 0.28, 0.10),
 }
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon", "heart", "crescent",
+    "circle", "oval", "ring", "square", "rectangle", "hexagon", "octagon", "triangle", "star", "cross",
+    "diamond", "heart", "crescent",
 )  # fmt: skip
 #: "plain" draws the colour alone and emits no word.
-PATTERNS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "zigzag")
-BACKGROUNDS: tuple[str, ...] = ("sky", "grass", "sand", "water", "snow", "brick", "wood", "road")
+PATTERNS: tuple[str, ...] = ("plain", "striped", "wavy", "dotted", "spotted", "checkered", "zigzag")
+BACKGROUNDS: tuple[str, ...] = (
+    "sky", "clouds", "grass", "lawn", "sand", "desert", "water", "ocean", "snow", "ice", "brick", "wall", "road",
+    "gravel", "wood",
+)  # fmt: skip
+#: Concept families: words related both in pixels (a shade, a stretched shape, a variant of a texture)
+#: and in the word space, the family's base concept first. :meth:`ConceptWorld.split_words` holds
+#: out variants whose base concept stays seen, so that an explainer can reach the unseen ones
+#: through the seen ones.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "red": ("red", "dark red"),
+    "green": ("green", "dark green", "light green"),
+    "blue": ("blue", "dark blue", "light blue"),
+    "grey": ("grey", "white", "black"),
+    "warm": ("orange", "yellow", "brown"),
+    "purple": ("purple", "pink"),
+    "round": ("circle", "oval", "ring"),
+    "four-sided": ("square", "rectangle"),
+    "polygon": ("hexagon", "octagon"),
+    "stripes": ("striped", "wavy"),
+    "dots": ("dotted", "spotted"),
+    "sky": ("sky", "clouds"),
+    "grass": ("grass", "lawn"),
+    "sand": ("sand", "desert"),
+    "water": ("water", "ocean"),
+    "snow": ("snow", "ice"),
+    "masonry": ("brick", "wall"),
+    "road": ("road", "gravel"),
+}
+#: The words of a default world: the members of the families of colours, shapes, patterns and
+#: backgrounds (every word has a sibling, so that any of them can be held out). The other words of
+#: the tables above (star, checkered, wood, ...) are there for worlds that ask for them.
+DEFAULT_COLOURS: tuple[str, ...] = (
+    "red", "dark red", "green", "dark green", "light green", "blue", "dark blue", "light blue", "white", "grey",
+    "black", "yellow", "orange", "brown", "purple", "pink",
+)  # fmt: skip
+DEFAULT_SHAPES: tuple[str, ...] = ("circle", "oval", "square", "rectangle", "hexagon", "octagon")
+DEFAULT_PATTERNS: tuple[str, ...] = ("plain", "striped", "wavy", "dotted", "spotted")
+DEFAULT_BACKGROUNDS: tuple[str, ...] = ("sky", "clouds", "grass", "lawn", "sand", "desert", "water", "ocean", "snow",
+                                        "ice")
 
 _MIN_IMAGE_SIZE = 16
 _MAX_OBJECTS = 12
 # Shapes that would turn into another shape (square <-> diamond) or look odd when turned freely.
-_MAX_TILT = {"square": math.pi / 12, "diamond": math.pi / 12, "cross": math.pi / 12, "heart": math.pi / 9}
+_MAX_TILT = {"square": math.pi / 12, "rectangle": math.pi / 12, "diamond": math.pi / 12, "cross": math.pi / 12,
+             "heart": math.pi / 9}
 
 
 @dataclass(frozen=True)
@@ -129,14 +179,20 @@ class ConceptWorld(torch.utils.data.Dataset):
     Args:
         size: number of items. image_size: S, at least 16.
         seed: non-negative int; item i is drawn from ``numpy.random.default_rng([seed, i])`` alone.
-        colours: colour words from :data:`COLOURS`, or a mapping word -> RGB in [0, 1].
-        shapes, patterns, backgrounds: words from :data:`SHAPES`, :data:`PATTERNS`, :data:`BACKGROUNDS`.
+        colours: colour words from :data:`COLOURS`, or a mapping word -> RGB in [0, 1] (default
+            :data:`DEFAULT_COLOURS`).
+        shapes, patterns, backgrounds: words from :data:`SHAPES`, :data:`PATTERNS`, :data:`BACKGROUNDS`
+            (default :data:`DEFAULT_SHAPES` ...: the members of the :data:`FAMILIES`, 36 words).
         objects_per_image: ``n`` or ``(low, high)``: each scene has between low and high objects
             (uniform, inclusive; at most 12).
         weights: relative sampling weight of any colour, shape, pattern or background word
             (default 1 each), e.g. ``{"red": 5.0}`` makes red five times as likely as each other colour:
             use it to build skewed subsets for bias analysis.
         normalize: ImageNet mean/std normalisation of the image.
+        attribute_regions: give a patterned object's attributes their own regions: the pattern
+            word covers the pattern's marks (stripes, dots, squares), the colour word the rest of
+            the object, the shape word all of it (a plain object's colour and shape share one mask).
+            False: the three words share the object's mask.
     """
 
     def __init__(
@@ -145,13 +201,14 @@ class ConceptWorld(torch.utils.data.Dataset):
         image_size: int = 224,
         seed: int = 0,
         *,
-        colours: Sequence[str] | Mapping[str, Sequence[float]] = tuple(COLOURS),
-        shapes: Sequence[str] = SHAPES,
-        patterns: Sequence[str] = PATTERNS,
-        backgrounds: Sequence[str] = BACKGROUNDS,
+        colours: Sequence[str] | Mapping[str, Sequence[float]] = DEFAULT_COLOURS,
+        shapes: Sequence[str] = DEFAULT_SHAPES,
+        patterns: Sequence[str] = DEFAULT_PATTERNS,
+        backgrounds: Sequence[str] = DEFAULT_BACKGROUNDS,
         objects_per_image: int | tuple[int, int] = (1, 3),
         weights: Mapping[str, float] | None = None,
         normalize: bool = True,
+        attribute_regions: bool = False,
     ) -> None:
         self.size = _int_at_least("size", size, 1)
         self.image_size = _int_at_least("image_size", image_size, _MIN_IMAGE_SIZE)
@@ -163,6 +220,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         self.backgrounds = _words("backgrounds", backgrounds, BACKGROUNDS)
         self.objects_per_image = _object_range(objects_per_image)
         self.normalize = bool(normalize)
+        self.attribute_regions = bool(attribute_regions)
         lists = {
             "colours": self.colours,
             "shapes": self.shapes,
@@ -186,6 +244,30 @@ class ConceptWorld(torch.utils.data.Dataset):
     def concepts(self) -> list[str]:
         """Every word an item can emit: colours, shapes, patterns (not "plain"), backgrounds."""
         return [*self.colours, *self.shapes, *(p for p in self.patterns if p != "plain"), *self.backgrounds]
+
+    @property
+    def families(self) -> dict[str, list[str]]:
+        """The :data:`FAMILIES` with at least two of this world's words, restricted to them."""
+        present = set(self.concepts)
+        kept = {name: [w for w in words if w in present] for name, words in FAMILIES.items()}
+        return {name: words for name, words in kept.items() if len(words) >= 2}
+
+    def split_words(self, anno_rate: float = 0.5, seed: int = 0) -> tuple[list[str], list[str]]:
+        """(seen, unseen) words for training an explainer with ``anno_rate`` of the words seen, such
+        that zero-shot is possible: every unseen word is a variant in a family (:attr:`families`)
+        whose base concept (its first word) stays seen, and words without a family are seen. Within
+        that rule, a seeded draw among the variants holds out words until ``anno_rate`` of the words
+        are seen or every variant is held out. Both lists are sorted."""
+        if isinstance(anno_rate, bool) or not isinstance(anno_rate, int | float) or not 0.0 < anno_rate <= 1.0:
+            raise ValueError(f"anno_rate must be a number in (0, 1], got {anno_rate!r}")
+        seed = _int_at_least("seed", seed, 0)
+        rng = np.random.default_rng([seed, 0x5EE1])
+        words = self.concepts
+        candidates = [w for family in self.families.values() for w in family[1:]]  # every base concept stays seen
+        order = rng.permutation(len(candidates))
+        hold = max(0, len(words) - max(1, round(anno_rate * len(words))))
+        unseen = {candidates[i] for i in order[:hold]}
+        return sorted(w for w in words if w not in unseen), sorted(unseen)
 
     def colour_rgb(self, word: str) -> tuple[float, float, float]:
         """The RGB in [0, 1] that the colour ``word`` is drawn with (before patterns and shading)."""
@@ -249,17 +331,21 @@ class ConceptWorld(torch.utils.data.Dataset):
             primary = np.array(self._rgb[obj.colour], dtype=np.float32).reshape(3, 1, 1)
             fill = primary if second is None else np.where(second, _pattern_colour(primary), primary)
             image[:, rows, cols] = np.where(inside, fill * shade[box], image[:, rows, cols])
-            drawn.append((box, inside))
+            drawn.append((box, inside, second))
         image = np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5) / np.float32(255.0)  # 8-bit values
 
         visible, labels = [], []
         covered = np.zeros((s, s), dtype=bool)
-        for obj, (box, inside) in zip(reversed(scene.objects), reversed(drawn), strict=True):
+        for obj, (box, inside, second) in zip(reversed(scene.objects), reversed(drawn), strict=True):
             seen = inside & ~covered[box]
             covered[box] |= inside
-            if seen.any():
-                visible[:0] = [(box, seen)] * len(obj.words)
-                labels[:0] = obj.words
+            regions = [(w, seen) for w in obj.words]
+            if self.attribute_regions and second is not None:  # colour: the rest; pattern: its marks
+                marks = seen & second
+                regions = [(obj.colour, seen & ~second), (obj.shape, seen), (obj.pattern, marks)]
+            regions = [(w, region) for w, region in regions if region.any()]
+            visible[:0] = [(box, region) for _, region in regions]
+            labels[:0] = [w for w, _ in regions]
         masks = np.zeros((len(labels) + 1, s, s), dtype=bool)
         masks[0] = ~covered
         for mask, (box, seen) in zip(masks[1:], visible, strict=True):
@@ -539,8 +625,89 @@ def _road(rng, x, y):
     return np.where(speckle > 0.485, image * 1.5, image)
 
 
+def _clouds(rng, x, y):
+    """An overcast sky: the sky's blue showing through a thick, lumpy grey-white cover."""
+    s = x.shape[-1]
+    image = _mix(_rgb((0.22, 0.45, 0.85)), _rgb((0.60, 0.78, 0.96)), y)
+    lumps = _smooth_noise(rng, s, 4, 6) + 0.6 * _smooth_noise(rng, s, 9, 13)
+    cover = np.clip(0.75 + 0.35 * lumps, 0.0, 1.0)
+    grey = _mix(_rgb((0.98, 0.98, 0.99)), _rgb((0.66, 0.68, 0.72)), np.clip(0.5 - 0.4 * lumps, 0.0, 1.0))
+    return _mix(image, grey, cover) + 0.01 * _grain(rng, s)
+
+
+def _lawn(rng, x, y):
+    """A mowed lawn: grass of even length in broad light and dark mowing stripes."""
+    s = x.shape[-1]
+    a = float(rng.uniform(0, math.pi))
+    bands = np.mod((x * math.cos(a) + y * math.sin(a)) * float(rng.uniform(3, 5)), 1.0) < 0.5
+    image = np.where(bands, _rgb((0.30, 0.66, 0.20)), _rgb((0.20, 0.52, 0.14)))
+    return image * (1.0 + 0.08 * _smooth_noise(rng, s, max(2, s // 16), max(2, s // 16)) + 0.12 * _grain(rng, s))
+
+
+def _desert(rng, x, y):
+    """Desert dunes: orange sand in large smooth swells with shaded lee sides, no speckle."""
+    s = x.shape[-1]
+    swell = np.sin(2 * math.pi * (y * float(rng.uniform(1.5, 3.0)) + 0.35 * _smooth_noise(rng, s, 2, 2)))
+    image = _rgb((0.88, 0.62, 0.34)) * (1.0 + 0.16 * swell)
+    return image * (1.0 + 0.03 * _grain(rng, s))
+
+
+def _ocean(rng, x, y):
+    """The open ocean: deep navy water in tall, broken swells with white caps."""
+    s = x.shape[-1]
+    wobble = 0.08 * _smooth_noise(rng, s, 3, 3)
+    waves = np.sin(2 * math.pi * (y + wobble) * float(rng.uniform(5, 8)) + float(rng.uniform(0, 2 * math.pi)))
+    image = _mix(_rgb((0.04, 0.20, 0.45)), _rgb((0.01, 0.09, 0.28)), y) * (1.0 + 0.18 * waves)
+    caps = np.clip((waves + 0.3 * _smooth_noise(rng, s, 6, 8) - 0.85) * 4.0, 0.0, 0.85)
+    return _mix(image, _rgb((0.92, 0.96, 1.0)), caps)
+
+
+def _ice(rng, x, y):
+    """Ice: pale glassy cyan-white with dark crack lines between smooth plates."""
+    s = x.shape[-1]
+    cells, edge = _voronoi(rng, x, y, int(rng.integers(5, 9)))
+    tone = rng.uniform(-1, 1, size=cells.max() + 1).astype(np.float32)[cells]
+    image = _rgb((0.78, 0.90, 0.96)) * (1.0 + 0.05 * tone + 0.04 * _smooth_noise(rng, s, 3, 3))
+    return np.where(edge < 0.012, _rgb((0.45, 0.58, 0.66)), image)
+
+
+def _wall(rng, x, y):
+    """A stone wall: irregular grey stones of different tones set in light mortar."""
+    s = x.shape[-1]
+    cells, edge = _voronoi(rng, x, y, int(rng.integers(10, 16)))
+    tone = rng.standard_normal(cells.max() + 1).astype(np.float32)[cells]
+    stone = _rgb((0.55, 0.52, 0.48)) * (1.0 + 0.12 * tone + 0.12 * _grain(rng, s))
+    return np.where(edge < 0.02, _rgb((0.82, 0.80, 0.74)) + 0.04 * _grain(rng, s), stone)
+
+
+def _gravel(rng, x, y):
+    """Gravel: many small pebbles of grey and brown tones, each shaded, with dark gaps."""
+    s = x.shape[-1]
+    cells, edge = _voronoi(rng, x, y, int(rng.integers(60, 90)))
+    n = cells.max() + 1
+    tone = rng.uniform(0, 1, size=n).astype(np.float32)[cells]
+    pebble = _mix(_rgb((0.50, 0.48, 0.45)), _rgb((0.58, 0.46, 0.34)), tone) * (1.0 + 0.1 * _grain(rng, s))
+    return np.where(edge < 0.008, pebble * 0.45, pebble)
+
+
+def _voronoi(rng, x, y, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of ``points`` random sites: (index of the nearest site [S, S], distance to the cell's
+    edge, as the gap between the nearest and second-nearest site's distance [S, S])."""
+    sites = rng.uniform(0, 1, size=(points, 2)).astype(np.float32)
+    d = np.sqrt((x[None] - sites[:, 0, None, None]) ** 2 + (y[None] - sites[:, 1, None, None]) ** 2)
+    two = np.partition(d, 1, axis=0)[:2]
+    return d.argmin(0), two[1] - two[0]
+
+
 _BACKGROUND_PAINTERS: dict[str, Callable] = {
     "sky": _sky,
+    "clouds": _clouds,
+    "lawn": _lawn,
+    "desert": _desert,
+    "ocean": _ocean,
+    "ice": _ice,
+    "wall": _wall,
+    "gravel": _gravel,
     "grass": _grass,
     "sand": _sand,
     "water": _water,
@@ -595,7 +762,10 @@ def _heart(u, v) -> np.ndarray:
 
 _SHAPE_MASKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "circle": lambda u, v: u * u + v * v <= 1.0,
+    "oval": lambda u, v: u * u + (v / 0.58) ** 2 <= 1.0,
     "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.82,
+    "rectangle": lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.55),
+    "octagon": lambda u, v: _regular_polygon(u, v, 8, 0.9, math.pi / 8),
     "triangle": lambda u, v: _regular_polygon(u, v + 0.15, 3, 0.55, math.pi / 2),
     "star": _star,
     "ring": lambda u, v: ((u * u + v * v) <= 1.0) & ((u * u + v * v) >= 0.36),
@@ -629,6 +799,24 @@ def _checkered(rng, u, v):
     return np.mod(np.floor(u / 0.5) + np.floor(v / 0.5), 2) == 1
 
 
+def _wavy(rng, u, v):
+    """Stripes that wave: the striped pattern with a sinusoidal bend along the stripes."""
+    a = float(rng.uniform(0, math.pi))
+    w = u * math.cos(a) + v * math.sin(a)
+    along = -u * math.sin(a) + v * math.cos(a)
+    return np.mod(w + 0.12 * np.sin(2 * math.pi * along / 0.7), 0.45) < 0.225
+
+
+def _spotted(rng, u, v):
+    """Spots: a few blotches of random size and place (dotted is a regular grid of small dots)."""
+    spots = np.zeros(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
+    for _ in range(int(rng.integers(4, 8))):
+        cu, cv = rng.uniform(-0.8, 0.8, size=2)
+        r = float(rng.uniform(0.14, 0.26))
+        spots |= (u - cu) ** 2 + ((v - cv) * float(rng.uniform(0.7, 1.3))) ** 2 <= r * r
+    return spots
+
+
 def _zigzag(rng, u, v):
     tooth = np.abs(np.mod(u, 0.4) / 0.4 - 0.5) * 0.3
     return np.mod(v + tooth, 0.45) < 0.225
@@ -637,7 +825,9 @@ def _zigzag(rng, u, v):
 _PATTERN_MASKS: dict[str, Callable] = {
     "plain": lambda rng, u, v: None,
     "striped": _striped,
+    "wavy": _wavy,
     "dotted": _dotted,
+    "spotted": _spotted,
     "checkered": _checkered,
     "zigzag": _zigzag,
 }
