@@ -716,7 +716,7 @@ _EXAMPLES = {
       --coco val2017/ annotations/instances_val2017.json --out explainer.pt
   lavise-fast train --model resnet18 --weights resnet18.pth --layer layer4 --vg images/ objects.json \\
       --glove glove.6B.300d.txt --anno-rate 0.5 --epochs 10 --out explainer-glove.pt
-  lavise-fast train --model lavise-demo/model.pt --layer layer2 --world 1000 --world-image-size 64 --out e.pt""",
+  lavise-fast train --model lavise-demo/model.pt --layer layer3 --world 1000 --world-image-size 64 --out e.pt""",
     "explain": """examples:
   lavise-fast explain --model resnet18 --weights resnet18.pth --explainer explainer.pt \\
       --images photos/ --out result.json

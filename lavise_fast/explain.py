@@ -42,7 +42,7 @@ from lavise_fast.explainer import Explainer, _fingerprint
 from lavise_fast.groups import split_in_two
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
-from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, layer_baseline, ranked_words, word_scores
+from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, ranked_words, score_layer, word_scores
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.sweep_state import LayerSweep
 
@@ -316,12 +316,12 @@ def _result(sweep: LayerSweep, vocabulary: Vocabulary, words: torch.Tensor, expl
     """The words of every chosen filter and of its groups, from the top pairs' embeddings."""
     top = sweep.tops.indices[sweep.chosen]
     embeddings, weights = sweep.pairs.tensors(sweep.chosen, top.cpu(), words.shape[1], words.device)
-    baseline = layer_baseline(embeddings, weights, words)
     if scoring != "vote" and len(sweep.chosen) < min(_THIN_BASELINE, sweep.tops.values.shape[0]):
         warnings.warn(f"scoring={scoring!r} compares each filter with the layer's baseline, which here rests on "
                       f"{len(sweep.chosen)} filter(s) of {sweep.name!r} only; explain more filters (all, by default) "
                       "for specific words, or use scoring='vote'", UserWarning, stacklevel=4)
-    ranked = ranked_words(word_scores(embeddings, weights, words, scoring, s, baseline), num_words)
+    scores, baseline = score_layer(embeddings, weights, words, scoring, s)
+    ranked = ranked_words(scores, num_words)
     result_words = [[vocabulary.words[w] for w, _ in ranks] for ranks in ranked]
     result_scores = [[v for _, v in ranks] for ranks in ranked]
     result_images, result_acts = [], []
@@ -585,4 +585,4 @@ def _report_non_finite(sweep: LayerSweep) -> None:
                       "activation get no top images and no words", RuntimeWarning, stacklevel=3)
     if sweep.pairs.non_finite:
         warnings.warn(f"{sweep.pairs.non_finite} (filter, image) pair(s) of {sweep.name!r} gave a non-finite "
-                      "embedding and did not vote", RuntimeWarning, stacklevel=3)
+                      "embedding and were left out", RuntimeWarning, stacklevel=3)

@@ -17,8 +17,11 @@ explained filter's top images, unweighted): ``mu_w = mean c_.w``, ``sd_w = std c
 - ``vote``: the paper's flat vote, ``sum_i a_ki 1[w among the s best words of image i]``; words
   no image voted for get no score. It ties whenever the images list the same words.
 
-The scores are real numbers (float64 sums of float32 cosines), so two words tie only when their
-evidence is identical. Scores are computed in chunks of filters, never [K, P, V] at once.
+The scores are real numbers (float64 sums of float32 cosines or probabilities), so two words tie
+only when their evidence is identical. ``centred`` and ``zscore`` need no [pairs, V] cosines at all
+(the weighted mean cosine is the cosine with the weighted mean embedding, the layer's moments come
+from the embeddings' first and second moments); ``pmi`` and ``vote`` go over the pairs in chunks of
+filters, never [K, P, V] at once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from lavise_fast import ops
 
-__all__ = ["SCORINGS", "DEFAULT_SCORING", "LayerBaseline", "layer_baseline", "word_scores", "ranked_words"]
+__all__ = ["SCORINGS", "DEFAULT_SCORING", "LayerBaseline", "score_layer", "word_scores", "ranked_words"]
 
 SCORINGS = ("centred", "zscore", "pmi", "vote")
 DEFAULT_SCORING = "pmi"
@@ -43,11 +46,12 @@ _CHUNK_ELEMENTS = 1 << 24  # filters are scored in chunks of at most this many (
 class LayerBaseline:
     """What a layer's images evoke in general: per word, the mean ``mean`` [V] and standard deviation
     ``std`` [V] of the cosines of all scored pairs, ``pmi`` [V] the mean softmax probability (for
-    ``pmi``), and ``pairs``, how many pairs they rest on (float64, on the embeddings' device)."""
+    ``pmi``; None when not computed), and ``pairs``, how many pairs they rest on (float64, on the
+    embeddings' device)."""
 
     mean: torch.Tensor
     std: torch.Tensor
-    pmi: torch.Tensor
+    pmi: torch.Tensor | None
     pairs: int
 
 
@@ -57,38 +61,53 @@ def _chunks(K: int, P: int, V: int):
         yield slice(start, min(K, start + step))
 
 
-def layer_baseline(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor) -> LayerBaseline:
-    """The baseline over the pairs with ``weights > 0``.
+def _moments(embeddings: torch.Tensor, live: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation [V] of the cosines ``e . w`` over the live pairs, from the first and
+    second moments of the embeddings (``mean_w = m . w``, ``E[c^2]_w = w^T M w``): never [pairs, V]."""
+    e = embeddings[live].double()
+    w = words.double()
+    n = max(1, e.shape[0])
+    mean = (e.sum(0) / n) @ w.t()
+    square = ((w @ (e.t() @ e / n)) * w).sum(1)
+    return mean, (square - mean * mean).clamp_min(0.0).sqrt()
 
-    Args:
-        embeddings: [K, P, D] unit embeddings of the filters' top images (anything where weight is 0).
-        weights: [K, P] the images' weights; pairs with weight <= 0 are not scored.
-        words: [V, D] unit word vectors.
-    """
-    live = weights > 0
-    n = int(live.sum())
-    V = words.shape[0]
-    device = embeddings.device
-    if n == 0:
-        zeros = torch.zeros(V, dtype=torch.float64, device=device)
-        return LayerBaseline(zeros, zeros.clone(), torch.full_like(zeros, 1.0 / max(1, V)), 0)
-    total = torch.zeros(V, dtype=torch.float64, device=device)
-    square = torch.zeros(V, dtype=torch.float64, device=device)
-    soft = torch.zeros(V, dtype=torch.float64, device=device)
+
+def _pmi_pass(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor,
+              baseline: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the pairs in chunks of filters: each filter's activation-weighted mean softmax
+    probability [K, V] and, unless given, the layer's mean probability [V] (float64)."""
     K, P, _ = embeddings.shape
+    V = words.shape[0]
+    live = weights > 0
+    a = torch.where(live, weights.double(), 0.0)
+    share = a / a.sum(1, keepdim=True).clamp_min(1e-300)
+    chosen = torch.zeros(K, V, dtype=torch.float64, device=embeddings.device)
+    total = torch.zeros(V, dtype=torch.float64, device=embeddings.device)
     for part in _chunks(K, P, V):
-        e = embeddings[part][live[part]].float()  # [m, D]
-        c = (e @ words.t()).double()
-        total += c.sum(0)
-        square += (c * c).sum(0)
-        soft += torch.softmax(c / PMI_TEMPERATURE, dim=1).sum(0)
-    mean = total / n
-    std = (square / n - mean * mean).clamp_min(0.0).sqrt()
-    return LayerBaseline(mean, std, soft / n, n)
+        p = torch.softmax((embeddings[part].float() @ words.t()) / PMI_TEMPERATURE, dim=2)  # [k, P, V]
+        chosen[part] = torch.einsum("kp,kpv->kv", share[part].float(), p).double()
+        if baseline is None:
+            total += p[live[part]].double().sum(0)
+    return chosen, (total / max(1, int(live.sum())) if baseline is None else baseline)
+
+
+def score_layer(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor,
+                scoring: str = DEFAULT_SCORING, s: int = 5) -> tuple[torch.Tensor, LayerBaseline]:
+    """:func:`word_scores` [K, V] of every filter of a layer and the layer's baseline (over the pairs
+    with ``weights > 0``; the softmax means only for ``pmi``), in one pass over the pairs."""
+    live = weights > 0
+    mean, std = _moments(embeddings, live, words)
+    pmi = None
+    chosen = None
+    if scoring == "pmi":
+        chosen, pmi = _pmi_pass(embeddings, weights, words, None)
+    baseline = LayerBaseline(mean, std, pmi, int(live.sum()))
+    return word_scores(embeddings, weights, words, scoring, s, baseline, _chosen=chosen), baseline
 
 
 def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor, scoring: str = DEFAULT_SCORING,
-                s: int = 5, baseline: LayerBaseline | None = None) -> torch.Tensor:
+                s: int = 5, baseline: LayerBaseline | None = None, *, _chosen: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """Scores [K, V] float64 of every word for every filter (module docstring); ``-inf`` where a
     filter has no scored image, and for ``vote`` where no image voted for the word.
 
@@ -98,11 +117,11 @@ def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
         words: [V, D] unit word vectors.
         scoring: one of :data:`SCORINGS`.
         s: ``vote`` only: the words each image votes for.
-        baseline: the layer's baseline (default: computed from these pairs).
+        baseline: the layer's baseline (default: computed from these pairs, :func:`score_layer`).
     """
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-    K, P, _ = embeddings.shape
+    K = embeddings.shape[0]
     V = words.shape[0]
     a = torch.where(weights > 0, weights.double(), 0.0)
     mass = a.sum(1, keepdim=True)  # [K, 1]
@@ -117,20 +136,17 @@ def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
                              accumulate=True)
             out = torch.where(votes > 0, votes, out)
         return out
-    baseline = layer_baseline(embeddings, weights, words) if baseline is None else baseline
-    share = a / mass.clamp_min(1e-300)  # [K, P]
-    for part in _chunks(K, P, V):
-        c = (embeddings[part].float() @ words.t()).double()  # [k, P, V]
-        if scoring == "pmi":
-            p = torch.softmax(c / PMI_TEMPERATURE, dim=2)
-            chosen = (share[part, :, None] * p).sum(1)  # how often the filter's images choose each word
-            value = torch.log(chosen.clamp_min(1e-300)) - PMI_LAMBDA * torch.log(baseline.pmi)
-        else:
-            value = (share[part, :, None] * c).sum(1) - baseline.mean
-            if scoring == "zscore":
-                value = value / baseline.std.clamp_min(1e-12)
-        out[part] = value
-    return torch.where(mass > 0, out, -math.inf)
+    if baseline is None or (scoring == "pmi" and baseline.pmi is None):
+        return score_layer(embeddings, weights, words, scoring, s)[0]
+    if scoring == "pmi":
+        chosen = _pmi_pass(embeddings, weights, words, baseline.pmi)[0] if _chosen is None else _chosen
+        value = torch.log(chosen.clamp_min(1e-300)) - PMI_LAMBDA * torch.log(baseline.pmi)
+    else:  # the weighted mean of the cosines is the cosine with the weighted mean embedding
+        share = a / mass.clamp_min(1e-300)
+        value = (share[:, :, None] * embeddings.double()).sum(1) @ words.double().t() - baseline.mean
+        if scoring == "zscore":
+            value = value / baseline.std.clamp_min(1e-12)
+    return torch.where(mass > 0, value, out)
 
 
 def ranked_words(scores: torch.Tensor, num_words: int) -> list[list[tuple[int, float]]]:

@@ -230,20 +230,26 @@ def test_nan_activations_are_ignored_and_reported(setting):
         output[1, 1, :1] = math.nan
         return output
 
+    images = [torch.randn(4, 3, 32, 32)]
     handle = model.layer3.register_forward_hook(poison)
     try:
         with pytest.warns(RuntimeWarning) as caught:
-            res = explain(model, [torch.randn(4, 3, 32, 32)], expl, vocabulary=vocab, top_images=2, progress=False)
+            res = explain(model, images, expl, vocabulary=vocab, top_images=2, scoring="vote", progress=False)
+        specific = explain(model, images, expl, vocabulary=vocab, top_images=2, progress=False)
     finally:
         handle.remove()
     messages = " ".join(str(w.message) for w in caught)
-    assert "were NaN and were ignored" in messages and "non-finite embedding and did not vote" in messages
+    assert "were NaN and were ignored" in messages and "non-finite embedding and were left out" in messages
     assert all(0 not in images for images in res.top_images)  # NaN never enters the top images
     assert all(math.isfinite(t) for t in res.thresholds)
     for images, acts, scores in zip(res.top_images, res.top_activations, res.scores, strict=True):
         # image 1's pooled vectors hold NaN: only the clean images vote
         clean = sum(a for i, a in zip(images, acts, strict=True) if i != 1 and a > 0)
         assert math.isclose(sum(scores), clean * 5, rel_tol=1e-5) or len(scores) == 10
+    # The default scoring: every score finite; a filter whose only scored image held NaN has no words.
+    for images, acts, scores in zip(specific.top_images, specific.top_activations, specific.scores, strict=True):
+        assert all(math.isfinite(v) for v in scores)
+        assert bool(scores) == any(i != 1 and a > 0 for i, a in zip(images, acts, strict=True))
 
 
 def test_a_vocabulary_of_another_space_is_refused(setting):
