@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from lavise_fast.errors import InputError, IsAFolderError, MissingInputError
+
 __all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "read_torch_file", "gist"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -49,9 +51,9 @@ def atomic_write(
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder")
+        raise IsAFolderError(f"cannot write {str(path)!r}: it is a folder")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+        raise MissingInputError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
     if isinstance(content, str):
         content = content.encode(encoding)
     fd, tmp = _temporary(path)
@@ -96,21 +98,21 @@ def read_torch_file(path: str | os.PathLike, what: str, map_location: str | obje
     path = Path(path)
     where = f"{what} {str(path)!r}"
     if not path.is_file():
-        raise FileNotFoundError(f"{where} does not exist")
+        raise MissingInputError(f"{where} does not exist")
     if path.stat().st_size == 0:
-        raise ValueError(f"{where} is empty (0 bytes)")
+        raise InputError(f"{where} is empty (0 bytes)")
     try:  # torch.save writes a zip archive: its directory is at the end, a checksum guards every entry
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
-        raise ValueError(f"{where} is not a file written by torch.save: no complete zip archive (truncated, "
+        raise InputError(f"{where} is not a file written by torch.save: no complete zip archive (truncated, "
                          "corrupted, or another kind of file)") from None
     if damaged is not None:
-        raise ValueError(f"{where} is corrupted: the checksum of its part {damaged!r} does not match its bytes")
+        raise InputError(f"{where} is corrupted: the checksum of its part {damaged!r} does not match its bytes")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{where} cannot be read by torch.load (truncated or corrupted?): {gist(error)}") from None
+        raise InputError(f"{where} cannot be read by torch.load (truncated or corrupted?): {gist(error)}") from None
 
 
 def gist(error: BaseException) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lavise_fast._io import atomic_torch_save, read_torch_file
+from lavise_fast.errors import InputError, NotAFolderError
 
 __all__ = ["SweepCheckpoint", "digest"]
 
@@ -49,7 +50,7 @@ class SweepCheckpoint:
     def __init__(self, folder: str | os.PathLike, fields: dict, rank: int = 0, world: int = 1) -> None:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
-            raise NotADirectoryError(f"checkpoint={str(folder)!r} must be a folder, and it is a file")
+            raise NotAFolderError(f"checkpoint={str(folder)!r} must be a folder, and it is a file")
         name = "sweep.pt" if world == 1 else f"sweep.rank{rank}-of-{world}.pt"
         self.path = self.folder / name
         self.fields = fields
@@ -66,14 +67,14 @@ class SweepCheckpoint:
         try:
             payload = read_torch_file(self.path, "sweep checkpoint")
         except ValueError as error:
-            raise ValueError(f"{error}; delete it to start the sweep over") from None
+            raise InputError(f"{error}; delete it to start the sweep over") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(f"{self.path} is not a lavise_fast sweep checkpoint (expected format {FORMAT!r})")
+            raise InputError(f"{self.path} is not a lavise_fast sweep checkpoint (expected format {FORMAT!r})")
         saved = payload.get("fields", {})
         differ = [f"{key}: the checkpoint has {_short(saved.get(key))}, this sweep {_short(value)}"
                   for key, value in self.fields.items() if saved.get(key) != value]
         if differ:
-            raise ValueError(f"sweep checkpoint {self.path} belongs to another sweep ("
+            raise InputError(f"sweep checkpoint {self.path} belongs to another sweep ("
                              + "; ".join(differ) + "): pass another checkpoint folder, or delete it to start over")
         return payload["state"]
 

@@ -33,13 +33,13 @@ from torch import nn
 
 from lavise_fast._io import atomic_write, atomic_write_json
 from lavise_fast.demo import ImagesOf
+from lavise_fast.errors import InputError, LaviseError, MissingInputError
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
 
 
-class CommandError(ValueError):
+class CommandError(InputError):
     """A bad argument or input found after parsing (reported as one line, exit status 2)."""
 
 
@@ -94,7 +94,7 @@ def _torchvision_model(name: str, weights: str | None) -> nn.Module:
         raise CommandError(f"--model {name} needs --weights FILE (a state dict of {name}): nothing is downloaded")
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"--weights {str(path)!r} does not exist")
+        raise MissingInputError(f"--weights {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -134,7 +134,7 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
             raise CommandError("--weights goes with a torchvision model name; a TorchScript file holds its weights")
         model = load_torchscript(spec)
     elif os.sep in spec or spec.endswith((".pt", ".pth", ".ts")):
-        raise FileNotFoundError(f"--model {spec!r}: no such file")
+        raise MissingInputError(f"--model {spec!r}: no such file")
     else:
         model = _torchvision_model(spec, weights)
     return model.to(device).eval()
@@ -181,7 +181,7 @@ class ImageFolderImages(torch.utils.data.Dataset):
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"image folder {str(self.folder)!r} does not exist (or is not a folder)")
+            raise MissingInputError(f"image folder {str(self.folder)!r} does not exist (or is not a folder)")
         if files is None:
             files = sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -411,7 +411,7 @@ def _load_result(path: str):
     from lavise_fast.explain import ExplainResult
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"result file {path!r} does not exist")
+        raise MissingInputError(f"result file {path!r} does not exist")
     return ExplainResult.load(path)
 
 
@@ -505,7 +505,7 @@ def _vocabulary(choice: str, explainers, space):
         words = list(dict.fromkeys(w for e in explainers for w in (*e.seen, *e.unseen)))
     else:
         if not Path(choice).is_file():
-            raise FileNotFoundError(f"--vocabulary {choice!r} is not entities, vg, explainer or an existing file")
+            raise MissingInputError(f"--vocabulary {choice!r} is not entities, vg, explainer or an existing file")
         words = vocabularies.read_word_list(choice)
     return Vocabulary.from_words(words, space)
 
@@ -771,8 +771,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=_EXAMPLES[name],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        command = sub.add_parser(name, help=help_text, description=help_text, epilog=_EXAMPLES[name],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_argument("--debug", action="store_true",
+                             help="show the traceback of any error (input errors are otherwise one line)")
+        return command
 
     demo = add("demo", "LaViSE end to end on the embedded ConceptWorld: train a target CNN (cached), an explainer "
                        "(half the words unseen), explain, evaluate, write report.html and result.json")
@@ -908,8 +911,10 @@ def _warning_line(command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``lavise-fast`` with ``argv`` (default ``sys.argv[1:]``) and returns the exit status:
-    0, or 2 for a bad argument or an unreadable input (with one line on stderr)."""
+    """Runs ``lavise-fast`` with ``argv`` (default ``sys.argv[1:]``) and returns the exit status: 0;
+    2 for a bad argument or an input error (:class:`lavise_fast.errors.LaviseError`, one line on
+    stderr; ``--debug`` shows its traceback); 130 on Ctrl-C (one line). Any other exception is a bug
+    and shows its traceback."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -919,13 +924,16 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line(args.command)
             return _COMMANDS[args.command](args)
-    except KeyError as error:
-        print(f"lavise-fast {args.command}: error: missing entry {_one_line(error)!r} in an input file",
-              file=sys.stderr)
-        return 2
-    except _INPUT_ERRORS as error:
+    except LaviseError as error:
+        if args.debug:
+            raise
         print(f"lavise-fast {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"lavise-fast {args.command}: interrupted (outputs are written atomically: none is left half-written)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

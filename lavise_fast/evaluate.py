@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lavise_fast import ops
 from lavise_fast._io import atomic_write
 from lavise_fast.data.collate import collate_reference
+from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.explain import ExplainResult
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 
@@ -38,17 +39,17 @@ __all__ = ["evaluate", "compare", "compare_plot"]
 
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
 def _check_result(name: str, result) -> None:
     if not isinstance(result, ExplainResult):
-        raise TypeError(f"{name} must be an ExplainResult (from lavise_fast.explain), got {type(result).__name__}")
+        raise InputTypeError(f"{name} must be an ExplainResult (from lavise_fast.explain), got {type(result).__name__}")
     K = len(result.filters)
     for field in ("words", "top_images", "thresholds"):
         if len(getattr(result, field)) != K:
-            raise ValueError(f"{name}.{field} has {len(getattr(result, field))} entries for {K} filters")
+            raise InputError(f"{name}.{field} has {len(getattr(result, field))} entries for {K} filters")
 
 
 def _merge_same_word(masks: torch.Tensor, rows: torch.Tensor, labels: list[str]):
@@ -151,32 +152,32 @@ def evaluate(
     _check_result("result", result)
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, int | float) or \
             not 0.0 <= iou_threshold < 1.0:
-        raise ValueError(f"iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
+        raise InputError(f"iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
     ks = tuple(ks)
     if not ks:
-        raise ValueError("ks must hold at least one n for recall@n, got none")
+        raise InputError("ks must hold at least one n for recall@n, got none")
     for n in ks:
         _positive_int("every n of ks", n)
     _positive_int("batch_size", batch_size)
     _positive_int("shuffles", shuffles)
     _positive_int("simulation_words", simulation_words)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     settings = result.settings or {}
     layer = settings.get("layer")
     if not isinstance(layer, str) or not layer:
-        raise ValueError("result.settings has no 'layer': evaluate needs the result of lavise_fast.explain")
+        raise InputError("result.settings has no 'layer': evaluate needs the result of lavise_fast.explain")
     try:
         resolve_layer(model, layer)
     except ValueError as error:
-        raise ValueError(f"model has no layer {layer!r} (the layer of result.settings['layer']): {error}") from None
+        raise InputError(f"model has no layer {layer!r} (the layer of result.settings['layer']): {error}") from None
     expected = settings.get("images")
     try:
         size = len(reference)
     except TypeError:
         size = None
     if size is not None and expected is not None and size != expected:
-        raise ValueError(f"reference holds {size} images but the result was computed on {expected} "
+        raise InputError(f"reference holds {size} images but the result was computed on {expected} "
                          "(result.settings['images']); pass the same images, in the same order")
 
     device = model_device(model, device)
@@ -208,7 +209,7 @@ def evaluate(
             B = images.shape[0]
             features = tap(images.to(device))[layer]
             if K and int(filters.max()) >= features.shape[1]:
-                raise ValueError(f"result explains filter {int(filters.max())} but layer {layer!r} of model has "
+                raise InputError(f"result explains filter {int(filters.max())} but layer {layer!r} of model has "
                                  f"{features.shape[1]} channels")
             masks, rows, labels = _merge_same_word(masks, rows, labels)
             G = len(labels)
@@ -251,7 +252,7 @@ def evaluate(
                         truth.setdefault((kk, base + int(rows[g])), set()).add(labels[g])
             base += B
     if expected is not None and base != expected:
-        raise ValueError(f"reference holds {base} images but the result was computed on {expected} "
+        raise InputError(f"reference holds {base} images but the result was computed on {expected} "
                          "(result.settings['images']); pass the same images, in the same order")
 
     seen, unseen = set(settings.get("seen") or ()), set(settings.get("unseen") or ())
@@ -449,12 +450,12 @@ def compare(
         _positive_int("num_words", num_words)
     layer_a, layer_b = (r.settings.get("layer") for r in (result_a, result_b))
     if layer_a != layer_b:
-        raise ValueError(f"the results explain different layers: {layer_a!r} ({names[0]}) and {layer_b!r} "
+        raise InputError(f"the results explain different layers: {layer_a!r} ({names[0]}) and {layer_b!r} "
                          f"({names[1]}); compare needs the same layer of the same network")
     if sorted(result_a.filters) != sorted(result_b.filters):
         only_a = sorted(set(result_a.filters) - set(result_b.filters))
         only_b = sorted(set(result_b.filters) - set(result_a.filters))
-        raise ValueError(f"the results explain different filters of {layer_a!r} ({len(result_a.filters)} and "
+        raise InputError(f"the results explain different filters of {layer_a!r} ({len(result_a.filters)} and "
                          f"{len(result_b.filters)}; only in {names[0]}: {only_a[:10]}, only in {names[1]}: "
                          f"{only_b[:10]}); compare needs the same filters")
     counts = []
@@ -477,7 +478,7 @@ def compare(
 
 def _names(names: Sequence[str]) -> tuple[str, str]:
     if isinstance(names, str) or len(names) != 2 or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"names must be two strings, got {names!r}")
+        raise InputError(f"names must be two strings, got {names!r}")
     return names[0], names[1]
 
 
@@ -494,7 +495,8 @@ def compare_plot(comparison: list[dict], path: str | os.PathLike, *, top: int = 
     a_name, b_name = _names(names)
     keys = {"concept", "count_a", "count_b", "difference"}
     if not isinstance(comparison, list) or not all(isinstance(r, dict) and keys <= set(r) for r in comparison):
-        raise TypeError(f"comparison must be the list of rows that compare() returns (dicts with keys {sorted(keys)})")
+        raise InputTypeError(f"comparison must be the list of rows that compare() returns (dicts with keys "
+                             f"{sorted(keys)})")
     more_a = [r for r in comparison if r["difference"] > 0][:top]
     more_b = [r for r in comparison if r["difference"] < 0][-top:]
     shown = more_a + more_b

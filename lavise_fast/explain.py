@@ -38,6 +38,7 @@ from lavise_fast import distributed as distributed_sweep
 from lavise_fast import ops
 from lavise_fast._io import atomic_write_json
 from lavise_fast.checkpoint import SweepCheckpoint, digest
+from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.explainer import Explainer, _fingerprint
 from lavise_fast.groups import split_in_two
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
@@ -97,13 +98,13 @@ class ExplainResult:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(**data)
         except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not an ExplainResult JSON file: {error}") from None
+            raise InputError(f"{path} is not an ExplainResult JSON file: {error}") from None
 
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise InputError(f"{name} must be a positive int, got {value!r}")
 
 
 def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,
@@ -204,15 +205,15 @@ def explain(
     activations are ignored (the sketch counts them, top images never hold them) and reported.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if isinstance(head, str) and head not in ("torch", "onnx"):
-        raise ValueError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
+        raise InputError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
     _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words,
                     checkpoint_every=checkpoint_every, **({} if stash_bytes is None else {"stash_bytes": stash_bytes}))
     if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+        raise InputError(f"quantile must lie in (0, 1), got {quantile}")
     shard = distributed_sweep.current_shard() if distributed else None
     device = model_device(model, device)
     model.eval()
@@ -220,7 +221,7 @@ def explain(
     explainers = _explainers_for(model, loader, explainer, layer, device, distributed, progress)
     names = list(explainers)
     if not isinstance(head, str) and len(names) > 1:
-        raise ValueError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
+        raise InputError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
     vocabulary = _vocabulary_for(explainers[names[0]], vocabulary)
     for name in names[1:]:
         _vocabulary_for(explainers[name], vocabulary)
@@ -239,7 +240,7 @@ def explain(
             explainers[name].check_compatible(name, C)
             given = given_of[name]
             if given is not None and given.numel() != C:
-                raise ValueError(f"thresholds must hold one value per filter of {name!r} ({C}), got {given.numel()}")
+                raise InputError(f"thresholds must hold one value per filter of {name!r} ({C}), got {given.numel()}")
             sweeps[name] = LayerSweep(name, heads[name], method, top_images, C, _chosen_filters(filters_of[name], C),
                                       given, device, stash_bytes)
         return sweeps
@@ -290,7 +291,7 @@ def explain(
         if shard is not None:
             sweeps, base = _merge_ranks(sweeps, base, image_index, start)
         if sweeps is None:
-            raise ValueError("the loader yielded no batch: explain needs at least one image")
+            raise InputError("the loader yielded no batch: explain needs at least one image")
         threshold_of = {name: sw.given if sw.given is not None else sw.quantiles.quantile(quantile)
                         for name, sw in sweeps.items()}
         rerun = [sw for sw in sweeps.values() if not sw.in_pass]
@@ -376,18 +377,18 @@ def _explainers_for(model, loader, explainer, layer, device, distributed, progre
     """{layer name: explainer} from explain's ``explainer`` and ``layer`` arguments, in order."""
     specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not specs:
-        raise ValueError("layer must name at least one layer")
+        raise InputError("layer must name at least one layer")
     if isinstance(explainer, Mapping):
         pairs = [(resolve_layer(model, name)[0], expl) for name, expl in explainer.items()]
     elif isinstance(explainer, (list, tuple)):
         pairs = [(resolve_layer(model, expl.layer)[0] if getattr(expl, "layer", "") else None, expl)
                  for expl in explainer]
         if any(name is None for name, _ in pairs):
-            raise ValueError("each explainer of a list must know its layer (Explainer(layer=...)); or pass a dict "
+            raise InputError("each explainer of a list must know its layer (Explainer(layer=...)); or pass a dict "
                              "{layer name: explainer}")
     elif explainer is None or isinstance(explainer, Explainer):
         if explainer is not None and len(specs) > 1:
-            raise ValueError(f"one explainer explains one layer, and layer= names {len(specs)}: pass explainer= a "
+            raise InputError(f"one explainer explains one layer, and layer= names {len(specs)}: pass explainer= a "
                              "list (or a dict by layer name) with one explainer per layer, or None")
         pairs = []
         for spec in specs:
@@ -400,17 +401,17 @@ def _explainers_for(model, loader, explainer, layer, device, distributed, progre
             else:
                 pairs.append((explainer.layer if spec is None else resolve_layer(model, spec)[0], explainer))
     else:
-        raise TypeError(f"explainer must be an Explainer, a list or dict of them, or None; got "
+        raise InputTypeError(f"explainer must be an Explainer, a list or dict of them, or None; got "
                         f"{type(explainer).__name__}")
     if not all(isinstance(expl, Explainer) for _, expl in pairs):
-        raise TypeError("explainer= must hold lavise_fast.Explainer objects")
+        raise InputTypeError("explainer= must hold lavise_fast.Explainer objects")
     if layer is not None and not (explainer is None or isinstance(explainer, Explainer)):
         wanted = [resolve_layer(model, spec)[0] for spec in specs]
         if sorted(wanted) != sorted(name for name, _ in pairs):
-            raise ValueError(f"layer= names {wanted}, the explainers are for {[name for name, _ in pairs]}")
+            raise InputError(f"layer= names {wanted}, the explainers are for {[name for name, _ in pairs]}")
     explainers = dict(pairs)
     if len(explainers) != len(pairs):
-        raise ValueError(f"layers must not repeat, got {[name for name, _ in pairs]}")
+        raise InputError(f"layers must not repeat, got {[name for name, _ in pairs]}")
     for name, expl in explainers.items():
         expl.check_compatible(name, expl.channels)
     return explainers
@@ -420,16 +421,17 @@ def _per_layer(value, names: list[str], many: bool, argument: str) -> dict:
     """{layer name: value for that layer} from a per-layer dict (several layers) or a plain value (one)."""
     if not many:
         if isinstance(value, Mapping):
-            raise TypeError(f"{argument}= is a dict, which is for several layers; give the values for the one layer")
+            raise InputTypeError(f"{argument}= is a dict, which is for several layers; give the values for the one "
+                                 "layer")
         return {names[0]: value}
     if value is None:
         return dict.fromkeys(names)
     if not isinstance(value, Mapping):
-        raise TypeError(f"with several layers, {argument}= must be a dict {{layer name: values}}, got "
+        raise InputTypeError(f"with several layers, {argument}= must be a dict {{layer name: values}}, got "
                         f"{type(value).__name__}")
     unknown = sorted(set(value) - set(names))
     if unknown:
-        raise ValueError(f"{argument}= names layers that are not explained: {unknown} (explained: {names})")
+        raise InputError(f"{argument}= names layers that are not explained: {unknown} (explained: {names})")
     return {name: value.get(name) for name in names}
 
 
@@ -487,9 +489,9 @@ def _chosen_filters(filters: Sequence[int] | None, channels: int) -> list[int]:
     chosen = [int(f) for f in filters]
     bad = [f for f in chosen if not 0 <= f < channels]
     if bad or not chosen:
-        raise ValueError(f"filters must be indices in [0, {channels}), got {bad or 'none'}")
+        raise InputError(f"filters must be indices in [0, {channels}), got {bad or 'none'}")
     if len(set(chosen)) != len(chosen):
-        raise ValueError("filters must not repeat an index")
+        raise InputError("filters must not repeat an index")
     return chosen
 
 
@@ -500,15 +502,15 @@ def _vocabulary_for(explainer: Explainer, vocabulary: Vocabulary | None) -> Voca
 
         space = semantics.default_space()
         if explainer.space and explainer.space != space.name:
-            raise ValueError(f"the explainer was trained in the word space {explainer.space!r}: pass vocabulary= "
+            raise InputError(f"the explainer was trained in the word space {explainer.space!r}: pass vocabulary= "
                              f"(a lavise_fast.Vocabulary in that space); the default vocabulary is in {space.name!r}")
         return Vocabulary.from_words(vocabularies.entities(), space)
     if explainer.dim != vocabulary.vectors.shape[1]:
-        raise ValueError(f"the explainer embeds into {explainer.dim} dimensions, the vocabulary has "
+        raise InputError(f"the explainer embeds into {explainer.dim} dimensions, the vocabulary has "
                          f"{vocabulary.vectors.shape[1]}")
     space = getattr(vocabulary, "space", "")
     if space and explainer.space and space != explainer.space:
-        raise ValueError(f"the vocabulary is in the word space {space!r}, the explainer was trained in "
+        raise InputError(f"the vocabulary is in the word space {space!r}, the explainer was trained in "
                          f"{explainer.space!r}")
     return vocabulary
 
@@ -522,14 +524,14 @@ def _head_for(head: str | OnnxHead, explainer: Explainer) -> OnnxHead:
         with tempfile.TemporaryDirectory(prefix="lavise_fast_onnx_") as tmp:
             return OnnxHead(export_onnx(explainer, Path(tmp) / "head.onnx"))
     if not isinstance(head, OnnxHead):
-        raise TypeError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {type(head).__name__}")
+        raise InputTypeError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {type(head).__name__}")
     if head.fused:
-        raise ValueError(f"the ONNX head {head.path} is fused with a vocabulary and gives each image's best words "
+        raise InputError(f"the ONNX head {head.path} is fused with a vocabulary and gives each image's best words "
                          "only; explain scores every word against the layer's baseline and needs the embeddings: "
                          "export the head without vocabulary= (export_onnx(explainer, path))")
     explainer.check_compatible(head.layer or explainer.layer, head.channels, head.space or None)
     if head.dim != explainer.dim:
-        raise ValueError(f"the ONNX head {head.path} embeds into {head.dim} dimensions, the explainer into "
+        raise InputError(f"the ONNX head {head.path} embeds into {head.dim} dimensions, the explainer into "
                          f"{explainer.dim}")
     return head
 

@@ -21,6 +21,7 @@ from torch import nn
 from lavise_fast import distributed as distributed_sweep
 from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json, gist, read_torch_file
 from lavise_fast.data.collate import collate_reference
+from lavise_fast.errors import DistributedError, InputError, InputTypeError
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
 
 __all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer", "cache_dir"]
@@ -53,7 +54,7 @@ def csmr_loss(
         marks = (targets != 0).to(sims.dtype)
     count = marks.sum(1)
     if (count == 0).any():
-        raise ValueError("every row of targets must mark at least one word")
+        raise InputError("every row of targets must mark at least one word")
     row, word = marks.nonzero(as_tuple=True)  # one (row, true word) pair per true word
     hinge = (margin - sims[row, word][:, None] + sims[row]).clamp_min(0.0) * (1.0 - marks[row])  # [pairs, V]
     per_row = torch.zeros_like(count).index_add_(0, row, hinge.sum(1))
@@ -84,7 +85,7 @@ class Explainer(nn.Module):
     ) -> None:
         super().__init__()
         if channels < 1 or dim < 1:
-            raise ValueError(f"channels and dim must be positive, got channels={channels}, dim={dim}")
+            raise InputError(f"channels and dim must be positive, got channels={channels}, dim={dim}")
         self.channels, self.dim, self.layer, self.space = int(channels), int(dim), layer, space
         self.seen, self.unseen = list(seen), list(unseen)
         self.dropout = float(dropout)
@@ -102,7 +103,7 @@ class Explainer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() != 2 or z.shape[1] != self.channels:
-            raise ValueError(
+            raise InputError(
                 f"the explainer of layer {self.layer!r} takes pooled vectors [M, {self.channels}], "
                 f"got {tuple(z.shape)}"
             )
@@ -114,13 +115,13 @@ class Explainer(nn.Module):
     def check_compatible(self, layer: str, channels: int, space: str | None = None) -> None:
         """Refuses a layer, channel count or word space other than the one it was trained for."""
         if channels != self.channels:
-            raise ValueError(
+            raise InputError(
                 f"this explainer was trained on {self.channels} channels ({self.layer!r}); the layer has {channels}"
             )
         if self.layer and layer != self.layer:
-            raise ValueError(f"this explainer was trained for layer {self.layer!r}, not {layer!r}")
+            raise InputError(f"this explainer was trained for layer {self.layer!r}, not {layer!r}")
         if space is not None and self.space and space != self.space:
-            raise ValueError(f"this explainer was trained in the word space {self.space!r}, not {space!r}")
+            raise InputError(f"this explainer was trained in the word space {self.space!r}, not {space!r}")
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the head and its metadata to ``path`` (atomically: a temporary file, then a rename)."""
@@ -150,7 +151,7 @@ class Explainer(nn.Module):
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             found = (f"format {payload.get('format')!r}" if isinstance(payload, dict) and "format" in payload
                      else f"a dict of {list(payload)[:4]}" if isinstance(payload, dict) else type(payload).__name__)
-            raise ValueError(f"{where} is not a lavise_fast explainer: expected a dict of format {_FORMAT!r} "
+            raise InputError(f"{where} is not a lavise_fast explainer: expected a dict of format {_FORMAT!r} "
                              f"(written by Explainer.save), found {found}")
         try:
             config = dict(payload["config"])
@@ -158,7 +159,7 @@ class Explainer(nn.Module):
             explainer = cls(**config)
             explainer.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{where} is damaged: its metadata and weights do not make an explainer "
+            raise InputError(f"{where} is damaged: its metadata and weights do not make an explainer "
                              f"({type(error).__name__}: {gist(error)})") from None
         explainer.trained = trained
         return explainer.eval()
@@ -256,7 +257,7 @@ def pool_reference(
             if labels:
                 return vectors[0], labels, name
         if not labels:
-            raise ValueError("the reference set holds no object (no mask with a label)")
+            raise InputError("the reference set holds no object (no mask with a label)")
         if raw is None:
             return torch.cat(vectors), labels, name
         _write_pooled(_file_chunks(Path(raw.name)), (len(labels), channels), cache, meta_path, labels, key)
@@ -300,7 +301,7 @@ def _reference_batches(loader, batch_size: int):
         except StopIteration:
             return
         except (ValueError, TypeError) as error:
-            kind = TypeError if isinstance(error, TypeError) else ValueError
+            kind = InputTypeError if isinstance(error, TypeError) else InputError
             raise kind(f"in the batch of reference items {start} to {start + batch_size - 1}: {error}") from error
         yield batch
         start += batch_size
@@ -364,7 +365,7 @@ def _merge_shard_files(raw: Path, labels: list[str], counts: list[torch.Tensor],
         return None
     merged = _read_pooled(cache, meta_path, key)
     if merged is None:
-        raise RuntimeError(f"distributed training: rank {distributed_sweep.current_shard().rank} cannot read the "
+        raise DistributedError(f"distributed training: rank {distributed_sweep.current_shard().rank} cannot read the "
                            f"pooled-feature cache {cache} that rank 0 wrote; give a feature cache in a folder "
                            "every rank sees")
     return merged
@@ -404,10 +405,10 @@ def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, lis
             return None
         vectors = np.load(path, mmap_mode="r")
         if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(meta["labels"]):
-            raise ValueError(f"shape {vectors.shape} for {len(meta['labels'])} labels")
+            raise InputError(f"shape {vectors.shape} for {len(meta['labels'])} labels")
         labels = meta["labels"]
         if not all(isinstance(ws, list) and ws and all(isinstance(w, str) for w in ws) for ws in labels):
-            raise ValueError("labels must be non-empty lists of words")
+            raise InputError("labels must be non-empty lists of words")
         return vectors, labels
     except Exception as error:  # any unreadable cache is recomputed, never fatal
         logging.getLogger(__name__).warning("ignoring the unreadable pooled-feature cache %s: %s", path, error)
@@ -465,9 +466,9 @@ def train_explainer(
     (:class:`Explainer`): pooled vectors scaled to unit length before the head.
     """
     if not 0.0 < anno_rate <= 1.0:
-        raise ValueError(f"anno_rate must lie in (0, 1], got {anno_rate}")
+        raise InputError(f"anno_rate must lie in (0, 1], got {anno_rate}")
     if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+        raise InputError(f"epochs must be at least 1, got {epochs}")
     from tqdm import tqdm
 
     from lavise_fast.semantics import Vocabulary
@@ -539,7 +540,7 @@ def _given_seen(seen: Sequence[str], words: list[str]) -> list[str]:
     """train_explainer's ``seen=``, sorted; words that label no reference region (or that the space lacks)
     cannot supervise and are left out with a warning."""
     if isinstance(seen, str) or not all(isinstance(w, str) for w in seen):
-        raise TypeError(f"seen must be a list of words, got {seen!r}"[:200])
+        raise InputTypeError(f"seen must be a list of words, got {seen!r}"[:200])
     absent = sorted(set(seen) - set(words))
     if absent:
         import warnings
@@ -548,7 +549,7 @@ def _given_seen(seen: Sequence[str], words: list[str]) -> list[str]:
                       f"cannot supervise; they are left out: {absent[:10]}", UserWarning, stacklevel=3)
     kept = sorted(set(seen) & set(words))
     if not kept:
-        raise ValueError(f"seen must name at least one word that labels a reference region, got {list(seen)[:10]}")
+        raise InputError(f"seen must name at least one word that labels a reference region, got {list(seen)[:10]}")
     return kept
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lavise_fast.errors import InputError, InputTypeError
+
 __all__ = ["resolve_layer", "default_layer", "LayerFeatures", "layer_features"]
 
 
@@ -30,13 +32,13 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
             return layer, names[layer]
         near = difflib.get_close_matches(layer, list(names), n=5, cutoff=0.5)
         hint = f"; nearest: {', '.join(near)}" if near else f"; it has {len(names)} named modules"
-        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}{hint}")
+        raise InputError(f"layer {layer!r} is not a module of {type(model).__name__}{hint}")
     if isinstance(layer, nn.Module):
         for name, module in names.items():
             if module is layer:
                 return name, module
-        raise ValueError(f"layer {type(layer).__name__} (a module object) is not a submodule of {type(model).__name__}")
-    raise TypeError(f"layer must be a dotted module name or an nn.Module, got {type(layer).__name__}")
+        raise InputError(f"layer {type(layer).__name__} (a module object) is not a submodule of {type(model).__name__}")
+    raise InputTypeError(f"layer must be a dotted module name or an nn.Module, got {type(layer).__name__}")
 
 
 class _Stop(Exception):
@@ -53,7 +55,7 @@ class LayerFeatures:
 
     def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module], stop_early: bool = True) -> None:
         if not layers:
-            raise ValueError("layers must name at least one layer")
+            raise InputError("layers must name at least one layer")
         self.model = model
         self.stop_early = stop_early
         self.layers = dict(resolve_layer(model, layer) for layer in layers)
@@ -74,7 +76,7 @@ class LayerFeatures:
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
+                raise InputTypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
             self._outputs[name] = output
             if self.stop_early and self._wanted.issubset(self._outputs):
                 raise _Stop
@@ -90,7 +92,7 @@ class LayerFeatures:
         wanted = set(self.layers) if only is None else set(only)
         unknown = sorted(wanted - set(self.layers))
         if unknown:
-            raise ValueError(f"only= names layers this LayerFeatures does not capture: {unknown}")
+            raise InputError(f"only= names layers this LayerFeatures does not capture: {unknown}")
         self._outputs, self._wanted = {}, wanted
         try:
             self.model(images)
@@ -101,7 +103,7 @@ class LayerFeatures:
             raise RuntimeError(f"the forward pass of {type(self.model).__name__} never ran layer(s) {missing}")
         for name, out in self._outputs.items():
             if out.dim() != 4:
-                raise ValueError(
+                raise InputError(
                     f"layer {name!r} outputs a {out.dim()}-D tensor of shape {tuple(out.shape)}; "
                     "filters are explained on 4-D [N, C, H, W] feature maps"
                 )
@@ -140,7 +142,7 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
         for handle in handles:
             handle.remove()
     if not order:
-        raise ValueError(f"no module of {type(model).__name__} outputs a 4-D feature map with more than one position")
+        raise InputError(f"no module of {type(model).__name__} outputs a 4-D feature map with more than one position")
     # The last 4-D output to run; among modules finishing together (a block and its last
     # child), the outermost, which was registered first and finished last.
     return order[-1]
@@ -155,7 +157,7 @@ def model_device(model: nn.Module, device: torch.device | str | None = None) -> 
         return found
     device = torch.device(device)
     if tensors and found.type != device.type:
-        raise ValueError(f"device={str(device)!r} but the model is on {str(found)!r}: move it first "
+        raise InputError(f"device={str(device)!r} but the model is on {str(found)!r}: move it first "
                          f"(model.to({str(device)!r}))")
     return device
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
 
+from lavise_fast.errors import InputError, InputTypeError
+
 __all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "images_at", "batches_after"]
 
 
@@ -24,7 +26,7 @@ def image_batch(batch) -> torch.Tensor:
         found = repr(images)[:60]
         if torch.is_tensor(images):
             found = f"{images.dtype} tensor of shape {tuple(images.shape)}"
-        raise TypeError(f"the loader must yield float image batches [N, 3, H, W] (or tuples starting with one), "
+        raise InputTypeError(f"the loader must yield float image batches [N, 3, H, W] (or tuples starting with one), "
                         f"got {found}")
     return images
 
@@ -69,7 +71,7 @@ def images_at(loader, wanted: list[int], batch_size: int) -> Iterator[tuple[torc
         base += len(images)
         if found == len(wanted):
             return
-    raise ValueError(f"iterating the loader a second time gave {base} images, not the {wanted[-1] + 1} or more of "
+    raise InputError(f"iterating the loader a second time gave {base} images, not the {wanted[-1] + 1} or more of "
                      "the first pass: this method re-runs the top images, so the loader must be re-iterable and "
                      "yield the same images in the same order (or pass thresholds= for method='activation')")
 
@@ -92,6 +94,6 @@ def _drop_batches(loader, batches: int, images: int) -> Iterator:
             break
         seen += image_batch(batch).shape[0]
     if seen != images:
-        raise ValueError(f"the checkpoint had read {batches} batches holding {images} images, and the loader's first "
+        raise InputError(f"the checkpoint had read {batches} batches holding {images} images, and the loader's first "
                          f"{batches} batches now hold {seen}: resume with the same loader")
     yield from it

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavise_fast._io import atomic_write
+from lavise_fast.errors import InputError, InputTypeError, MissingInputError, MissingPackageError
 from lavise_fast.explainer import Explainer
 from lavise_fast.semantics import Vocabulary
 
@@ -48,7 +49,7 @@ def _require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"{purpose} needs the {module!r} package: {_INSTALL} "
+        raise MissingPackageError(f"{purpose} needs the {module!r} package: {_INSTALL} "
                           f"(or pip install onnx onnxscript onnxruntime)") from error
 
 
@@ -101,15 +102,15 @@ def export_onnx(
     ``onnx``/``onnxscript`` are missing.
     """
     if not isinstance(explainer, Explainer):
-        raise TypeError(f"explainer must be a lavise_fast.Explainer, got {type(explainer).__name__}")
+        raise InputTypeError(f"explainer must be a lavise_fast.Explainer, got {type(explainer).__name__}")
     if not explainer.trained:
-        raise ValueError("this explainer was never trained; train_explainer(...) or Explainer.load(...) first")
+        raise InputError("this explainer was never trained; train_explainer(...) or Explainer.load(...) first")
     if vocabulary is not None:
         from lavise_fast.explain import _vocabulary_for
 
         _vocabulary_for(explainer, vocabulary)  # dimension and space
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(vocabulary.words):
-            raise ValueError(f"top_k must be an int in [1, {len(vocabulary.words)}] (the vocabulary's size), "
+            raise InputError(f"top_k must be an int in [1, {len(vocabulary.words)}] (the vocabulary's size), "
                              f"got {top_k!r}")
     onnx = _require("onnx", "export_onnx")
     _require("onnxscript", "export_onnx (torch.onnx.export(..., dynamo=True))")
@@ -141,7 +142,7 @@ def export_onnx(
     onnx.helper.set_model_props(model, {f"lavise_fast.{k}": v for k, v in meta.items()})
     model.producer_name, model.producer_version = "lavise_fast", __version__
     if model.ByteSize() >= 2**31:
-        raise ValueError(f"the exported head is {model.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB limit for "
+        raise InputError(f"the exported head is {model.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB limit for "
                          "one ONNX file: export a smaller vocabulary (or none)")
     onnx.checker.check_model(model, full_check=True)
 
@@ -175,18 +176,18 @@ class OnnxHead:
         ort = _require("onnxruntime", "OnnxHead")
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX head file {str(self.path)!r} does not exist")
+            raise MissingInputError(f"ONNX head file {str(self.path)!r} does not exist")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options,
                                                 providers=list(providers or default_providers()))
         except Exception as error:
-            raise ValueError(f"{self.path} is not a readable ONNX model (truncated or corrupted?): {error}") from None
+            raise InputError(f"{self.path} is not a readable ONNX model (truncated or corrupted?): {error}") from None
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = {k[len("lavise_fast."):]: v for k, v in props.items() if k.startswith("lavise_fast.")}
         if self.metadata.get("format") != FORMAT:
-            raise ValueError(f"{self.path} is not a lavise_fast ONNX head (no metadata of format {FORMAT!r}; "
+            raise InputError(f"{self.path} is not a lavise_fast ONNX head (no metadata of format {FORMAT!r}; "
                              "write one with lavise_fast.export_onnx)")
         try:
             m = self.metadata
@@ -197,11 +198,11 @@ class OnnxHead:
             self.top_k = int(m["top_k"]) if self.fused else None
             self.words = list(json.loads(m["words"])) if self.fused else None
         except (KeyError, ValueError) as error:
-            raise ValueError(f"{self.path} has incomplete lavise_fast metadata: {error!r}") from None
+            raise InputError(f"{self.path} has incomplete lavise_fast metadata: {error!r}") from None
         self.outputs = ["scores", "indices"] if self.fused else ["embedding"]
         names = [o.name for o in self.session.get_outputs()]
         if names != self.outputs or [i.name for i in self.session.get_inputs()] != ["pooled"]:
-            raise ValueError(f"{self.path} does not have the input 'pooled' and the outputs {self.outputs} "
+            raise InputError(f"{self.path} does not have the input 'pooled' and the outputs {self.outputs} "
                              f"(found {names})")
         self.providers = self.session.get_providers()
 
@@ -213,7 +214,7 @@ class OnnxHead:
     def __call__(self, pooled: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not torch.is_tensor(pooled) or pooled.dim() != 2 or pooled.shape[1] != self.channels:
             found = tuple(pooled.shape) if torch.is_tensor(pooled) else type(pooled).__name__
-            raise ValueError(f"the ONNX head of layer {self.layer!r} ({self.path.name}) takes pooled vectors "
+            raise InputError(f"the ONNX head of layer {self.layer!r} ({self.path.name}) takes pooled vectors "
                              f"[M, {self.channels}], got {found}")
         device = pooled.device
         if pooled.shape[0] == 0:

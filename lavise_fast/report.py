@@ -41,6 +41,7 @@ from tqdm import tqdm
 from lavise_fast._io import atomic_write
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise_fast.diagnostics import filter_flags
+from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.layers import LayerFeatures, model_device
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def heatmap_overlay(
     maps = activation[None] if activation.dim() == 2 else activation
     pictures = image[None] if image.dim() == 3 else image
     if maps.dim() != 3 or pictures.dim() != 4 or pictures.shape[1] != 3 or len(pictures) not in (1, len(maps)):
-        raise ValueError(f"image must be [3, H, W] or [M, 3, H, W] and activation [h, w] or [M, h, w], got "
+        raise InputError(f"image must be [3, H, W] or [M, 3, H, W] and activation [h, w] or [M, h, w], got "
                          f"{tuple(image.shape)} and {tuple(activation.shape)}")
     M = maps.shape[0]
     threshold = torch.as_tensor(threshold, dtype=torch.float32).flatten().cpu().expand(M)
@@ -140,17 +141,17 @@ def _image_at(images, index: int) -> torch.Tensor:
         if hasattr(images, "__getitem__"):
             raise
         hint = ": pass its .dataset" if hasattr(images, "dataset") else ""
-        raise TypeError(f"images must be indexable by image position (a dataset, a list or a tensor of images), "
+        raise InputTypeError(f"images must be indexable by image position (a dataset, a list or a tensor of images), "
                         f"got {type(images).__name__}{hint}") from error
     except (IndexError, KeyError) as error:
         size = f" (it holds {len(images)})" if hasattr(images, "__len__") else ""
-        raise ValueError(f"images has no item {index}{size}: images must be indexable by the result's image "
+        raise InputError(f"images has no item {index}{size}: images must be indexable by the result's image "
                          f"indices, i.e. the target set the explain loader read, in its order") from error
     if isinstance(item, (tuple, list)) and len(item):
         item = item[0]
     if not torch.is_tensor(item) or item.dim() != 3 or item.shape[0] != 3 or not item.is_floating_point():
         found = f"{item.dtype} tensor of shape {tuple(item.shape)}" if torch.is_tensor(item) else type(item).__name__
-        raise TypeError(f"images[{index}] must be a float image tensor [3, H, W] (or a tuple starting with one), "
+        raise InputTypeError(f"images[{index}] must be a float image tensor [3, H, W] (or a tuple starting with one), "
                         f"got {found}")
     return item
 
@@ -194,7 +195,7 @@ def _pictures(result: ExplainResult, images, model, mean, std, max_images: int, 
         if model is not None:
             layer = result.settings.get("layer") if result.settings else None
             if not layer:
-                raise ValueError("result.settings has no 'layer': the report cannot re-run the model without it")
+                raise InputError("result.settings has no 'layer': the report cannot re-run the model without it")
             device = model_device(model, device)
             model.eval()
             tap = stack.enter_context(LayerFeatures(model, [layer]))
@@ -213,7 +214,7 @@ def _pictures(result: ExplainResult, images, model, mean, std, max_images: int, 
                     continue
                 features = tap(batch.to(device))[layer]
                 if features.shape[1] <= int(channels.max()):
-                    raise ValueError(f"layer {layer!r} of the model has {features.shape[1]} filters, but the "
+                    raise InputError(f"layer {layer!r} of the model has {features.shape[1]} filters, but the "
                                      f"result explains filter {int(channels.max())}: is it the explained model?")
                 all_rows = torch.tensor([row for row, index in enumerate(indices) for _ in wanted[index]])
                 all_positions = torch.tensor([pos for index in indices for pos in wanted[index]])
@@ -679,15 +680,15 @@ def _check_result(result: ExplainResult) -> None:
                "top_activations": len(result.top_activations), "thresholds": len(result.thresholds)}
     bad = {name: size for name, size in lengths.items() if size != n}
     if bad:
-        raise ValueError(f"the result is inconsistent: {n} filters but {bad}")
+        raise InputError(f"the result is inconsistent: {n} filters but {bad}")
     for pos in range(n):
         if len(result.words[pos]) != len(result.scores[pos]) or len(result.top_images[pos]) != len(
             result.top_activations[pos]
         ):
-            raise ValueError(f"the result is inconsistent for filter {result.filters[pos]}: words/scores or "
+            raise InputError(f"the result is inconsistent for filter {result.filters[pos]}: words/scores or "
                              "top_images/top_activations differ in length")
     if result.groups and len(result.groups) != n:
-        raise ValueError(f"the result is inconsistent: {n} filters but {len(result.groups)} lists of groups")
+        raise InputError(f"the result is inconsistent: {n} filters but {len(result.groups)} lists of groups")
 
 
 def _triple(name: str, value) -> tuple[float, float, float]:
@@ -696,7 +697,7 @@ def _triple(name: str, value) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or (name == "std" and any(not v > 0 for v in values)):
-        raise ValueError(f"{name} must be 3 floats{' (positive)' if name == 'std' else ''}, got {value!r}")
+        raise InputError(f"{name} must be 3 floats{' (positive)' if name == 'std' else ''}, got {value!r}")
     return values  # type: ignore[return-value]
 
 
@@ -738,18 +739,18 @@ def write_report(
     _check_result(result)
     for name, value, low in (("max_images", max_images, 0), ("thumbnail", thumbnail, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            raise InputError(f"{name} must be an int >= {low}, got {value!r}")
     if evaluation is not None and not isinstance(evaluation, Mapping):
-        raise TypeError(f"evaluation must be the dict of lavise_fast.evaluate, got {type(evaluation).__name__}")
+        raise InputTypeError(f"evaluation must be the dict of lavise_fast.evaluate, got {type(evaluation).__name__}")
     if model is not None and images is None:
-        raise ValueError("model= draws the activation maps over the top images, so it needs images= too "
+        raise InputError("model= draws the activation maps over the top images, so it needs images= too "
                          "(the target set the result was explained on)")
     if model is not None and not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     mean, std = _triple("mean", mean), _triple("std", std)
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path must be a file name, {path} is a directory")
+        raise InputError(f"path must be a file name, {path} is a directory")
     layer = (result.settings or {}).get("layer")
     if title is None:
         title = f"LaViSE report: {layer}" if layer else "LaViSE report"

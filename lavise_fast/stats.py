@@ -14,6 +14,7 @@ import math
 import torch
 
 from lavise_fast import _reference, ops
+from lavise_fast.errors import InputError
 
 __all__ = ["TopImages", "ChannelQuantiles"]
 
@@ -34,9 +35,9 @@ class TopImages:
 
     def __init__(self, num_channels: int, k: int, device: torch.device | str | None = None) -> None:
         if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+            raise InputError(f"num_channels must be a positive int, got {num_channels!r}")
         if not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be a non-negative int, got {k!r}")
+            raise InputError(f"k must be a non-negative int, got {k!r}")
         self.num_channels, self.k = num_channels, k
         dev = _device(device)
         self.values = torch.full((num_channels, k), -math.inf, dtype=torch.float32, device=dev)
@@ -46,7 +47,7 @@ class TopImages:
     def update(self, features: torch.Tensor, base_index: int | None = None) -> torch.Tensor:
         """Adds a batch [N, C, H, W]; returns its spatial maxima [N, C] float32."""
         if features.dim() != 4 or features.shape[1] != self.num_channels:
-            raise ValueError(
+            raise InputError(
                 f"features must have shape [N, {self.num_channels}, H, W], got {tuple(features.shape)}"
             )
         self._follow(features.device)
@@ -59,7 +60,7 @@ class TopImages:
         """Folds in another stream's state (same channels and k); the result is the one a
         single stream over both would give. Returns self."""
         if (other.num_channels, other.k) != (self.num_channels, self.k):
-            raise ValueError(
+            raise InputError(
                 f"cannot merge TopImages({other.num_channels}, {other.k}) into TopImages({self.num_channels}, {self.k})"
             )
         v, i = _reference.merge_ranked(
@@ -91,9 +92,9 @@ class ChannelQuantiles:
 
     def __init__(self, num_channels: int, capacity: int = 1024, device: torch.device | str | None = None) -> None:
         if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+            raise InputError(f"num_channels must be a positive int, got {num_channels!r}")
         if not isinstance(capacity, int) or capacity < 8:
-            raise ValueError(f"capacity must be an int >= 8, got {capacity!r}")
+            raise InputError(f"capacity must be an int >= 8, got {capacity!r}")
         self.num_channels, self.capacity = num_channels, capacity
         dev = _device(device)
         self.means = torch.zeros(num_channels, capacity, dtype=torch.float64, device=dev)
@@ -115,7 +116,7 @@ class ChannelQuantiles:
     def update(self, features: torch.Tensor) -> None:
         """Adds every position of a batch [N, C, H, W]."""
         if features.dim() != 4 or features.shape[1] != self.num_channels:
-            raise ValueError(
+            raise InputError(
                 f"features must have shape [N, {self.num_channels}, H, W], got {tuple(features.shape)}"
             )
         self._follow(features.device)
@@ -124,7 +125,7 @@ class ChannelQuantiles:
     def merge(self, other: ChannelQuantiles) -> ChannelQuantiles:
         """Folds in another sketch of the same channels and capacity. Returns self."""
         if (other.num_channels, other.capacity) != (self.num_channels, self.capacity):
-            raise ValueError(
+            raise InputError(
                 f"cannot merge ChannelQuantiles({other.num_channels}, capacity={other.capacity}) into "
                 f"ChannelQuantiles({self.num_channels}, capacity={self.capacity})"
             )
@@ -145,7 +146,7 @@ class ChannelQuantiles:
         gives NaN there).
         """
         if not 0.0 <= float(q) <= 1.0:
-            raise ValueError(f"q must lie in [0, 1], got {q!r}")
+            raise InputError(f"q must lie in [0, 1], got {q!r}")
         total = self.summary[:, 0]
         lo, hi = self.summary[:, 2], self.summary[:, 3]
         w = self.weights

@@ -17,6 +17,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from lavise_fast.errors import InputError, MissingInputError
+
 __all__ = ["entities", "visual_genome_labels", "read_word_list"]
 
 
@@ -46,21 +48,21 @@ def read_word_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     where = f"word list {str(path)!r}"
     if not path.is_file():
-        raise FileNotFoundError(f"{where} does not exist (or is not a file)")
+        raise MissingInputError(f"{where} does not exist (or is not a file)")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise ValueError(
+        raise InputError(
             f"{where} is not UTF-8 text: line {line} holds the byte 0x{data[error.start]:02x}; "
             "save it as UTF-8, one word per line"
         ) from None
     if "\0" in text:
-        raise ValueError(f"{where} is not a text file (it holds NUL bytes); expected one word per line")
+        raise InputError(f"{where} is not a text file (it holds NUL bytes); expected one word per line")
     words, repeats = _unique_lines(text.split("\n"))
     if not words:
-        raise ValueError(f"{where} holds no word ({len(text.splitlines())} line(s), all blank)")
+        raise InputError(f"{where} holds no word ({len(text.splitlines())} line(s), all blank)")
     if repeats:
         shown = "; ".join(f"{w!r} on lines {', '.join(map(str, lines))}" for w, lines in list(repeats.items())[:5])
         warnings.warn(

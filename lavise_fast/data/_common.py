@@ -13,47 +13,49 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from lavise_fast.errors import InputError, MissingInputError
+
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """The parsed JSON of ``path``; FileNotFoundError / ValueError naming the file (``what`` says what it is)
     and, for a file that stops in the middle of the JSON, that it looks truncated."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist (or is not a file)")
+        raise MissingInputError(f"{what} {str(path)!r} does not exist (or is not a file)")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ValueError(
+        raise InputError(
             f"{what} {str(path)!r} is not UTF-8 JSON text (byte {error.start} is 0x{error.object[error.start]:02x})"
         ) from None
     except OSError as error:
-        raise ValueError(f"{what} {str(path)!r} cannot be read: {error}") from None
+        raise InputError(f"{what} {str(path)!r} cannot be read: {error}") from None
     if not text.strip():
-        raise ValueError(f"{what} {str(path)!r} is empty; expected JSON")
+        raise InputError(f"{what} {str(path)!r} is empty; expected JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         ends_early = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
         hint = " (it ends early: truncated?)" if ends_early else ""
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON{hint}: {error}") from None
+        raise InputError(f"{what} {str(path)!r} is not valid JSON{hint}: {error}") from None
 
 
 def check_dir(path: str | os.PathLike, argument: str) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{argument} {str(path)!r} does not exist (or is not a directory)")
+        raise MissingInputError(f"{argument} {str(path)!r} does not exist (or is not a directory)")
     return path
 
 
 def open_rgb(path: Path) -> Image.Image:
     """The image at ``path`` as an RGB PIL image, fully read; errors name the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+        raise MissingInputError(f"image file {str(path)!r} does not exist")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"image file {str(path)!r} cannot be read as an image: {error}") from None
+        raise InputError(f"image file {str(path)!r} cannot be read as an image: {error}") from None
 
 
 BAD_IMAGE_POLICIES = ("skip", "raise")
@@ -61,7 +63,7 @@ BAD_IMAGE_POLICIES = ("skip", "raise")
 
 def check_bad_image_policy(on_bad_image: str) -> str:
     if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        raise InputError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
     return on_bad_image
 
 

@@ -24,6 +24,7 @@ from lavise_fast.data._common import (
     read_json,
 )
 from lavise_fast.data.transforms import DEFAULT_REFERENCE_TRANSFORM, PairTransform, TargetTransform
+from lavise_fast.errors import InputError, InputTypeError
 
 __all__ = ["CocoInstances"]
 
@@ -92,12 +93,12 @@ class CocoInstances(torch.utils.data.Dataset):
             self._selected = set(self.category_names)
         else:
             if isinstance(categories, str):
-                raise TypeError(f"categories must be a list of category names, got the string {categories!r}")
+                raise InputTypeError(f"categories must be a list of category names, got the string {categories!r}")
             wanted = list(categories)
             by_name = {name: cid for cid, name in self.category_names.items()}
             unknown = [name for name in wanted if name not in by_name]
             if unknown:
-                raise ValueError(
+                raise InputError(
                     f"categories {unknown} are not in {str(self.annotation_file)!r} "
                     f"(it has {sorted(by_name)[:10]}{' ...' if len(by_name) > 10 else ''})"
                 )
@@ -110,57 +111,57 @@ class CocoInstances(torch.utils.data.Dataset):
     def _validate(self, data: Any) -> None:
         where = repr(str(self.annotation_file))
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise ValueError(f"COCO annotation file {where} must hold a JSON object with an 'images' list")
+            raise InputError(f"COCO annotation file {where} must hold a JSON object with an 'images' list")
         for key in ("annotations", "categories"):
             if key in data and not isinstance(data[key], list):
-                raise ValueError(f"COCO annotation file {where}: '{key}' must be a list")
+                raise InputError(f"COCO annotation file {where}: '{key}' must be a list")
         image_ids = set()
         for n, image in enumerate(data["images"]):
             if not isinstance(image, dict) or any(k not in image for k in ("id", "file_name", "height", "width")):
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: images[{n}] needs 'id', 'file_name', 'height', 'width'"
                 )
             height, width = image["height"], image["width"]
             if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: images[{n}] has a bad height/width: expected positive "
                     f"integers, got {height!r} x {width!r}"
                 )
             if not (_is_int(image["id"]) or isinstance(image["id"], str)):
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: images[{n}] has a bad id {image['id']!r} (expected an integer)"
                 )
             if image["id"] in image_ids:
-                raise ValueError(f"COCO annotation file {where}: images[{n}] repeats the id {image['id']!r}")
+                raise InputError(f"COCO annotation file {where}: images[{n}] repeats the id {image['id']!r}")
             if not isinstance(image["file_name"], str) or not image["file_name"].strip():
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: images[{n}] has a bad file_name {image['file_name']!r}"
                 )
             image_ids.add(image["id"])
         category_ids = set()
         for n, category in enumerate(data.get("categories", [])):
             if not isinstance(category, dict) or "id" not in category or "name" not in category:
-                raise ValueError(f"COCO annotation file {where}: categories[{n}] needs 'id' and 'name'")
+                raise InputError(f"COCO annotation file {where}: categories[{n}] needs 'id' and 'name'")
             category_ids.add(category["id"])
         for n, ann in enumerate(data.get("annotations", [])):
             if not isinstance(ann, dict):
-                raise ValueError(f"COCO annotation file {where}: annotations[{n}] is not an object")
+                raise InputError(f"COCO annotation file {where}: annotations[{n}] is not an object")
             name = f"annotations[{n}] (id {ann.get('id')})"
             if ann.get("image_id") not in image_ids:
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: {name} refers to unknown image_id {ann.get('image_id')}"
                 )
             if ann.get("category_id") not in category_ids:
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: {name} refers to unknown category_id {ann.get('category_id')}"
                 )
             if not ann.get("segmentation") and not ann.get("bbox"):
-                raise ValueError(f"COCO annotation file {where}: {name} has neither 'segmentation' nor 'bbox'")
+                raise InputError(f"COCO annotation file {where}: {name} has neither 'segmentation' nor 'bbox'")
             bbox = ann.get("bbox")
             if not ann.get("segmentation") and not (
                 isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
             ):
-                raise ValueError(
+                raise InputError(
                     f"COCO annotation file {where}: {name} has no segmentation and a bad bbox "
                     f"{bbox!r} (expected [x, y, width, height], finite numbers)"
                 )
@@ -185,12 +186,12 @@ class CocoInstances(torch.utils.data.Dataset):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 mask = self.coco.annToMask(ann)
         except Exception as error:
-            raise ValueError(
+            raise InputError(
                 f"COCO annotation file {str(self.annotation_file)!r}: the segmentation of annotation "
                 f"{ann.get('id')} cannot be decoded: {error}"
             ) from None
         if mask.shape != (height, width):
-            raise ValueError(
+            raise InputError(
                 f"COCO annotation file {str(self.annotation_file)!r}: annotation {ann.get('id')} decodes to a "
                 f"{mask.shape[0]}x{mask.shape[1]} mask, but its image is {height}x{width}"
             )
@@ -205,7 +206,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if image is None:
             return blank_item(self.transform, height, width)
         if image.size != (width, height):
-            raise ValueError(
+            raise InputError(
                 f"image file {str(path)!r} is {image.width}x{image.height} (width x height), but "
                 f"{str(self.annotation_file)!r} says {width}x{height}"
             )

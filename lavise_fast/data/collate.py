@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lavise_fast.errors import InputError, InputTypeError
+
 __all__ = ["collate_reference"]
 
 
@@ -24,47 +26,47 @@ def collate_reference(
         TypeError, ValueError: naming the item (its place in the batch) and what is wrong with it.
     """
     if len(items) == 0:
-        raise ValueError("collate_reference needs at least one item, got an empty batch")
+        raise InputError("collate_reference needs at least one item, got an empty batch")
     images, masks, rows, labels = [], [], [], []
     for b, item in enumerate(items):
         if not (isinstance(item, (tuple, list)) and len(item) == 3):
-            raise TypeError(
+            raise InputTypeError(
                 "reference items must be (image [3, H, W], masks [M, H, W], labels list[str]); "
                 f"item {b} is a {type(item).__name__}" + (f" of length {len(item)}" if hasattr(item, "__len__") else "")
             )
         image, item_masks, item_labels = item
         if not isinstance(image, torch.Tensor) or image.dim() != 3:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"item {b}: the image must be a tensor [3, H, W], got {shape}")
+            raise InputError(f"item {b}: the image must be a tensor [3, H, W], got {shape}")
         if images and image.shape != images[0].shape:
-            raise ValueError(
+            raise InputError(
                 f"item {b}: image of shape {tuple(image.shape)}, but item 0 has {tuple(images[0].shape)}; "
                 "a batch needs images of one size (use a transform that crops, e.g. ReferenceTransform())"
             )
         if isinstance(item_labels, str):
-            raise TypeError(f"item {b}: labels must be a list of strings, got the string {item_labels!r}")
+            raise InputTypeError(f"item {b}: labels must be a list of strings, got the string {item_labels!r}")
         item_labels = list(item_labels)
         if not isinstance(item_masks, torch.Tensor):
-            raise TypeError(f"item {b}: masks must be a tensor [M, H, W], got {type(item_masks).__name__}")
+            raise InputTypeError(f"item {b}: masks must be a tensor [M, H, W], got {type(item_masks).__name__}")
         if item_masks.dim() != 3 or item_masks.shape[0] != len(item_labels):
-            raise ValueError(
+            raise InputError(
                 f"item {b}: an item has masks of shape {tuple(item_masks.shape)} for {len(item_labels)} labels; "
                 "expected one [H, W] mask per label"
             )
         if len(item_labels) and not _covers_image(tuple(item_masks.shape[1:]), tuple(image.shape[1:])):
-            raise ValueError(
+            raise InputError(
                 f"item {b}: masks of size {tuple(item_masks.shape[1:])} for an image of size {tuple(image.shape[1:])}; "
                 "expected the image's size or a resized copy of it (same aspect ratio): transform the image and "
                 "its masks together, e.g. with ReferenceTransform()"
             )
         if masks and item_masks.shape[1:] != masks[0].shape[1:]:
-            raise ValueError(
+            raise InputError(
                 f"item {b}: masks of size {tuple(item_masks.shape[1:])}, but item 0 has {tuple(masks[0].shape[1:])}; "
                 "all masks of a batch must share one [H, W]"
             )
         for label in item_labels:
             if not isinstance(label, str):
-                raise TypeError(f"item {b}: labels must be strings, got {type(label).__name__} {label!r}")
+                raise InputTypeError(f"item {b}: labels must be strings, got {type(label).__name__} {label!r}")
         images.append(image)
         masks.append(item_masks.bool())
         rows += [b] * len(item_labels)

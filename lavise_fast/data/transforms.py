@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lavise_fast.errors import InputError, InputTypeError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -97,9 +99,9 @@ class TargetTransform:
     ) -> None:
         for name, value in (("resize", resize), ("crop", crop)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+                raise InputError(f"{name} must be a positive int or None, got {value!r}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std must have 3 entries each, std positive; got mean={mean}, std={std}")
+            raise InputError(f"mean and std must have 3 entries each, std positive; got mean={mean}, std={std}")
         self.resize, self.crop, self.normalize = resize, crop, bool(normalize)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
@@ -135,13 +137,13 @@ class TargetTransform:
             out = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
         elif isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"image must be a tensor [3, H, W], got shape {tuple(image.shape)}")
+                raise InputError(f"image must be a tensor [3, H, W], got shape {tuple(image.shape)}")
             if image.dtype == torch.uint8:
                 out = image.float().div(255)
             elif image.is_floating_point():
                 out = image.float()
             else:
-                raise TypeError(f"a tensor image must be uint8 (0..255) or float (0..1), got {image.dtype}")
+                raise InputTypeError(f"a tensor image must be uint8 (0..255) or float (0..1), got {image.dtype}")
             size = resized = (int(out.shape[1]), int(out.shape[2]))
             if self.resize is not None:
                 resized = _resized_size(*size, self.resize)
@@ -152,7 +154,7 @@ class TargetTransform:
                 out = _crop_tensor(out, _crop_offset(resized[0], self.crop), _crop_offset(resized[1], self.crop),
                                    self.crop, self.crop)
         else:
-            raise TypeError(f"image must be a PIL image or a torch tensor [3, H, W], got {type(image).__name__}")
+            raise InputTypeError(f"image must be a PIL image or a torch tensor [3, H, W], got {type(image).__name__}")
         if self.normalize:
             mean = torch.tensor(self.mean, dtype=out.dtype)[:, None, None]
             std = torch.tensor(self.std, dtype=out.dtype)[:, None, None]
@@ -176,7 +178,7 @@ class ReferenceTransform(TargetTransform):
         masks = torch.as_tensor(masks)
         out, size, resized = self._image(image)
         if masks.dim() != 3 or tuple(masks.shape[1:]) != size:
-            raise ValueError(
+            raise InputError(
                 f"masks must have shape [M, {size[0]}, {size[1]}] to match the image, got {tuple(masks.shape)}"
             )
         masks = masks.bool()

@@ -20,6 +20,7 @@ from lavise_fast.data._common import (
     read_json,
 )
 from lavise_fast.data.transforms import DEFAULT_REFERENCE_TRANSFORM, PairTransform, TargetTransform
+from lavise_fast.errors import InputError, InputTypeError, MissingInputError
 
 __all__ = ["VisualGenomeObjects", "normalize_name"]
 
@@ -35,7 +36,7 @@ def normalize_name(name: str) -> str:
 
 def _number(value: Any) -> float:
     if not is_number(value):
-        raise TypeError(f"expected a finite number, got {value!r}")
+        raise InputTypeError(f"expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -88,13 +89,13 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
         try:
             filename.format(image_id=1)
         except (KeyError, IndexError, ValueError, AttributeError) as error:
-            raise ValueError(
+            raise InputError(
                 f"filename must be a format string with the field {{image_id}} only, got {filename!r} "
                 f"({type(error).__name__}: {error})"
             ) from None
         dirs = [image_dir] if isinstance(image_dir, (str, os.PathLike)) else list(image_dir)
         if not dirs:
-            raise ValueError("image_dir must name at least one directory")
+            raise InputError("image_dir must name at least one directory")
         self.image_dirs = [check_dir(d, "image_dir") for d in dirs]
         self.objects_json = Path(objects_json)
         self.transform = transform
@@ -105,13 +106,13 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
             labels = visual_genome_labels()
         if isinstance(labels, str):
             if labels != "all":
-                raise TypeError(f"labels must be a list of names, None or 'all', got the string {labels!r}")
+                raise InputTypeError(f"labels must be a list of names, None or 'all', got the string {labels!r}")
             self.labels: frozenset[str] | None = None
         else:
             self.labels = frozenset(normalize_name(name) for name in labels)
         data = read_json(self.objects_json, "Visual Genome objects file")
         if not isinstance(data, list):
-            raise ValueError(
+            raise InputError(
                 f"Visual Genome objects file {str(self.objects_json)!r} must hold a JSON list of "
                 f"{{'image_id', 'objects'}} entries, got a {type(data).__name__}"
             )
@@ -185,7 +186,7 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
         path = self.image_path(index)
         if not path.is_file():
             tried = ", ".join(repr(str(d / path.name)) for d in self.image_dirs)
-            raise FileNotFoundError(f"image file {tried} does not exist (from {str(self.objects_json)!r})")
+            raise MissingInputError(f"image file {tried} does not exist (from {str(self.objects_json)!r})")
         image = read_image(path, index, self.on_bad_image)
         if image is None:
             return blank_item(self.transform, 256, 256)

@@ -24,6 +24,7 @@ import torch
 
 from lavise_fast._io import atomic_write, atomic_write_json
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lavise_fast.errors import InputError, InputTypeError
 
 _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD = np.array(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
@@ -134,18 +135,18 @@ class Scene:
 
 def _words(argument: str, given, supported: Sequence[str]) -> tuple[str, ...]:
     if isinstance(given, str) or not isinstance(given, Sequence | Mapping):
-        raise TypeError(f"{argument} must be a sequence of words, got {type(given).__name__}")
+        raise InputTypeError(f"{argument} must be a sequence of words, got {type(given).__name__}")
     words = tuple(given)
     if not words:
-        raise ValueError(f"{argument} must name at least one word, got an empty {type(given).__name__}")
+        raise InputError(f"{argument} must name at least one word, got an empty {type(given).__name__}")
     for w in words:
         if not isinstance(w, str):
-            raise TypeError(f"{argument} must hold strings, got {w!r} ({type(w).__name__})")
+            raise InputTypeError(f"{argument} must hold strings, got {w!r} ({type(w).__name__})")
     unknown = [w for w in words if w not in supported]
     if unknown:
-        raise ValueError(f"{argument} holds unsupported words {unknown}; expected words from {list(supported)}")
+        raise InputError(f"{argument} holds unsupported words {unknown}; expected words from {list(supported)}")
     if len(set(words)) != len(words):
-        raise ValueError(f"{argument} holds repeated words: {list(words)}")
+        raise InputError(f"{argument} holds repeated words: {list(words)}")
     return words
 
 
@@ -154,13 +155,13 @@ def _colour_table(given) -> dict[str, tuple[float, float, float]]:
         table = {}
         for name, rgb in given.items():
             if not isinstance(name, str) or not name:
-                raise TypeError(f"colours must map non-empty words to RGB, got the key {name!r}")
+                raise InputTypeError(f"colours must map non-empty words to RGB, got the key {name!r}")
             values = tuple(float(c) for c in rgb)
             if len(values) != 3 or not all(0.0 <= c <= 1.0 for c in values):
-                raise ValueError(f"colours[{name!r}] must be 3 floats in [0, 1], got {rgb!r}")
+                raise InputError(f"colours[{name!r}] must be 3 floats in [0, 1], got {rgb!r}")
             table[name] = values
         if not table:
-            raise ValueError("colours must name at least one colour, got an empty mapping")
+            raise InputError("colours must name at least one colour, got an empty mapping")
         return table
     return {w: COLOURS[w] for w in _words("colours", given, tuple(COLOURS))}
 
@@ -231,7 +232,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         for argument, words in lists.items():
             for w in words:
                 if w in seen:
-                    raise ValueError(f"the word {w!r} is in both {seen[w]} and {argument}; words must be unique")
+                    raise InputError(f"the word {w!r} is in both {seen[w]} and {argument}; words must be unique")
                 seen[w] = argument
         self.weights = _weights(weights, lists)
         cumulative = {name: np.cumsum([self.weights[w] for w in words]) for name, words in lists.items()}
@@ -259,7 +260,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         that rule, a seeded draw among the variants holds out words until ``anno_rate`` of the words
         are seen or every variant is held out. Both lists are sorted."""
         if isinstance(anno_rate, bool) or not isinstance(anno_rate, int | float) or not 0.0 < anno_rate <= 1.0:
-            raise ValueError(f"anno_rate must be a number in (0, 1], got {anno_rate!r}")
+            raise InputError(f"anno_rate must be a number in (0, 1], got {anno_rate!r}")
         seed = _int_at_least("seed", seed, 0)
         rng = np.random.default_rng([seed, 0x5EE1])
         words = self.concepts
@@ -413,10 +414,10 @@ class ConceptWorld(torch.utils.data.Dataset):
 
         formats = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg"}
         if image_format not in formats:
-            raise ValueError(f"image_format must be one of {sorted(formats)}, got {image_format!r}")
+            raise InputError(f"image_format must be one of {sorted(formats)}, got {image_format!r}")
         quality = _int_at_least("quality", quality, 1)
         if quality > 100:
-            raise ValueError(f"quality must be an int in [1, 100], got {quality}")
+            raise InputError(f"quality must be an int in [1, 100], got {quality}")
         order = range(self.size) if indices is None else [self._index(i) for i in indices]
         root = Path(directory)
         images_dir = root / "images"
@@ -463,9 +464,9 @@ class ConceptWorld(torch.utils.data.Dataset):
 
 def _int_at_least(argument: str, value, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{argument} must be an int, got {value!r} ({type(value).__name__})")
+        raise InputTypeError(f"{argument} must be an int, got {value!r} ({type(value).__name__})")
     if value < low:
-        raise ValueError(f"{argument} must be at least {low}, got {value}")
+        raise InputError(f"{argument} must be at least {low}, got {value}")
     return int(value)
 
 
@@ -475,9 +476,9 @@ def _object_range(value) -> tuple[int, int]:
     elif isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int | np.integer) for v in value):
         low, high = (int(v) for v in value)
     else:
-        raise TypeError(f"objects_per_image must be an int or a (low, high) pair of ints, got {value!r}")
+        raise InputTypeError(f"objects_per_image must be an int or a (low, high) pair of ints, got {value!r}")
     if not 0 <= low <= high <= _MAX_OBJECTS:
-        raise ValueError(f"objects_per_image must satisfy 0 <= low <= high <= {_MAX_OBJECTS}, got ({low}, {high})")
+        raise InputError(f"objects_per_image must satisfy 0 <= low <= high <= {_MAX_OBJECTS}, got ({low}, {high})")
     return low, high
 
 
@@ -486,20 +487,20 @@ def _weights(weights, lists: Mapping[str, Sequence[str]]) -> dict[str, float]:
     if weights is None:
         return table
     if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a mapping word -> float, got {type(weights).__name__}")
+        raise InputTypeError(f"weights must be a mapping word -> float, got {type(weights).__name__}")
     unknown = [w for w in weights if w not in table]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"weights has keys {unknown} that are not words of this world; expected keys from {list(table)}"
         )
     for w, given in weights.items():
         value = float(given) if isinstance(given, int | float | np.integer | np.floating) else math.nan
         if isinstance(given, bool) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"weights[{w!r}] must be a finite number >= 0, got {given!r}")
+            raise InputError(f"weights[{w!r}] must be a finite number >= 0, got {given!r}")
         table[w] = value
     for argument, words in lists.items():
         if sum(table[w] for w in words) <= 0:
-            raise ValueError(f"weights give every word of {argument} weight 0; at least one must be positive")
+            raise InputError(f"weights give every word of {argument} weight 0; at least one must be positive")
     return table
 
 
