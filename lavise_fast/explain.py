@@ -36,16 +36,18 @@ from tqdm import tqdm
 
 from lavise_fast import distributed as distributed_sweep
 from lavise_fast import ops
-from lavise_fast._io import atomic_write_json
-from lavise_fast.checkpoint import SweepCheckpoint, digest
+from lavise_fast.checkpoint import SweepCheckpoint
 from lavise_fast.errors import InputError, InputTypeError
-from lavise_fast.explainer import Explainer, _fingerprint
+from lavise_fast.explainer import Explainer
+from lavise_fast.files import atomic_write_json
 from lavise_fast.groups import split_in_two
+from lavise_fast.hashing import digest, model_fingerprint
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, ranked_words, score_layer, word_scores
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.sweep_state import LayerSweep
+from lavise_fast.validate import positive_int
 
 if TYPE_CHECKING:
     from lavise_fast.onnx import OnnxHead
@@ -99,12 +101,6 @@ class ExplainResult:
             return cls(**data)
         except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as error:
             raise InputError(f"{path} is not an ExplainResult JSON file: {error}") from None
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive int, got {value!r}")
 
 
 def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,
@@ -210,8 +206,10 @@ def explain(
         raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if isinstance(head, str) and head not in ("torch", "onnx"):
         raise InputError(f"head must be 'torch', 'onnx' or a lavise_fast.OnnxHead, got {head!r}")
-    _check_positive(top_images=top_images, words_per_image=words_per_image, num_words=num_words,
-                    checkpoint_every=checkpoint_every, **({} if stash_bytes is None else {"stash_bytes": stash_bytes}))
+    for argument, value in (("top_images", top_images), ("words_per_image", words_per_image),
+                            ("num_words", num_words), ("checkpoint_every", checkpoint_every),
+                            *([] if stash_bytes is None else [("stash_bytes", stash_bytes)])):
+        positive_int(argument, value)
     if not 0.0 < quantile < 1.0:
         raise InputError(f"quantile must lie in (0, 1), got {quantile}")
     shard = distributed_sweep.current_shard() if distributed else None
@@ -441,7 +439,7 @@ def _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_
     dataset = getattr(loader, "dataset", None)
     length = len(dataset) if hasattr(dataset, "__len__") else len(loader) if hasattr(loader, "__len__") else None
     return {
-        "model": _fingerprint(model), "layers": list(explainers), "dataset_length": length,
+        "model": model_fingerprint(model), "layers": list(explainers), "dataset_length": length,
         "batch_size": getattr(loader, "batch_size", None), "method": method, "top_images": top_images,
         "words_per_image": s, "quantile": quantile,
         "filters": {name: None if f is None else [int(k) for k in f] for name, f in filters_of.items()},

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavise_fast import distributed as distributed_sweep
-from lavise_fast._io import atomic_torch_save, atomic_write, atomic_write_json, gist, read_torch_file
+from lavise_fast.cache import cache_dir
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.errors import DistributedError, InputError, InputTypeError
+from lavise_fast.files import atomic_torch_save, atomic_write, atomic_write_json, gist, read_torch_file
+from lavise_fast.hashing import model_fingerprint
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
 
-__all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer", "cache_dir"]
+__all__ = ["Explainer", "csmr_loss", "pool_reference", "train_explainer", "default_explainer"]
 
 _FORMAT = "lavise_fast.explainer/1"
 _POOLED_FORMAT = "lavise_fast.pooled/2"  # /2: one row per region, labels are lists of words
@@ -207,7 +209,7 @@ def pool_reference(
     if cache is not None:
         cache = Path(cache)
         meta_path = cache.with_name(cache.name + ".json")
-        key = _fingerprint(model, name, len(reference), type(reference).__qualname__)
+        key = model_fingerprint(model, name, len(reference), type(reference).__qualname__)
         cached = _read_pooled(cache, meta_path, key)
         if shard is not None and not all(distributed_sweep.all_gather(cached is not None, "the cache's presence")):
             cached = None  # every rank takes the same path
@@ -553,18 +555,6 @@ def _given_seen(seen: Sequence[str], words: list[str]) -> list[str]:
     return kept
 
 
-def _fingerprint(model: nn.Module, *parts: object) -> str:
-    """SHA-1 of the model's class, parameters and buffers, and ``parts`` (the checkpoints' digest)."""
-    from lavise_fast.checkpoint import digest
-
-    return digest(type(model).__qualname__, model, parts)
-
-
-def cache_dir() -> Path:
-    """Where lavise_fast caches what it computes: ``$LAVISE_FAST_CACHE``, else ``~/.cache/lavise_fast``."""
-    return Path(os.environ.get("LAVISE_FAST_CACHE") or Path.home() / ".cache" / "lavise_fast")
-
-
 def default_explainer(
     model: nn.Module,
     loader=None,
@@ -600,7 +590,7 @@ def default_explainer(
         layer = default_layer(model, sample.to(dev))
     name = resolve_layer(model, layer)[0]
     space = default_space()
-    key = _fingerprint(model, name, space.name, world_size, epochs, _FORMAT, _RECIPE)
+    key = model_fingerprint(model, name, space.name, world_size, epochs, _FORMAT, _RECIPE)
     path = cache_dir() / "explainers" / f"{key}.pt"
     cached = None
     if path.is_file():

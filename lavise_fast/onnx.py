@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavise_fast._io import atomic_write
 from lavise_fast.errors import InputError, InputTypeError, MissingInputError, MissingPackageError
 from lavise_fast.explainer import Explainer
+from lavise_fast.files import atomic_write
 from lavise_fast.semantics import Vocabulary
 
 __all__ = ["export_onnx", "OnnxHead", "FORMAT"]

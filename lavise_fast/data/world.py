@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lavise_fast._io import atomic_write, atomic_write_json
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.files import atomic_write, atomic_write_json
+from lavise_fast.validate import int_at_least
 
 _MEAN = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD = np.array(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
@@ -211,9 +212,9 @@ class ConceptWorld(torch.utils.data.Dataset):
         normalize: bool = True,
         attribute_regions: bool = False,
     ) -> None:
-        self.size = _int_at_least("size", size, 1)
-        self.image_size = _int_at_least("image_size", image_size, _MIN_IMAGE_SIZE)
-        self.seed = _int_at_least("seed", seed, 0)
+        self.size = int_at_least("size", size, 1)
+        self.image_size = int_at_least("image_size", image_size, _MIN_IMAGE_SIZE)
+        self.seed = int_at_least("seed", seed, 0)
         self._rgb = _colour_table(colours)
         self.colours = tuple(self._rgb)
         self.shapes = _words("shapes", shapes, SHAPES)
@@ -261,7 +262,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         are seen or every variant is held out. Both lists are sorted."""
         if isinstance(anno_rate, bool) or not isinstance(anno_rate, int | float) or not 0.0 < anno_rate <= 1.0:
             raise InputError(f"anno_rate must be a number in (0, 1], got {anno_rate!r}")
-        seed = _int_at_least("seed", seed, 0)
+        seed = int_at_least("seed", seed, 0)
         rng = np.random.default_rng([seed, 0x5EE1])
         words = self.concepts
         candidates = [w for family in self.families.values() for w in family[1:]]  # every base concept stays seen
@@ -415,7 +416,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         formats = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg"}
         if image_format not in formats:
             raise InputError(f"image_format must be one of {sorted(formats)}, got {image_format!r}")
-        quality = _int_at_least("quality", quality, 1)
+        quality = int_at_least("quality", quality, 1)
         if quality > 100:
             raise InputError(f"quality must be an int in [1, 100], got {quality}")
         order = range(self.size) if indices is None else [self._index(i) for i in indices]
@@ -460,14 +461,6 @@ class ConceptWorld(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------- argument checks
-
-
-def _int_at_least(argument: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputTypeError(f"{argument} must be an int, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise InputError(f"{argument} must be at least {low}, got {value}")
-    return int(value)
 
 
 def _object_range(value) -> tuple[int, int]:
