@@ -464,7 +464,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lavise_fast.explainer import train_explainer
+    from lavise_fast.training import train_explainer
 
     spec = _set_spec(args, allow_images=False)
     if spec is None:

@@ -383,10 +383,10 @@ def run_demo(
     """
     from lavise_fast.evaluate import evaluate
     from lavise_fast.explain import explain
-    from lavise_fast.explainer import train_explainer
     from lavise_fast.layers import default_layer
     from lavise_fast.report import write_report
     from lavise_fast.semantics import Vocabulary, default_space
+    from lavise_fast.training import train_explainer
 
     if model not in DEMO_MODELS:
         raise InputError(f"model must be one of {DEMO_MODELS}, got {model!r}")

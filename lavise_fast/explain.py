@@ -147,7 +147,7 @@ def explain(
         explainer: a trained :class:`Explainer` for the layer; for several layers a list of
             explainers (each for its ``layer``) or a dict {layer name: explainer}. When None, one
             is trained per layer on the embedded reference set for this model and cached (see
-            :func:`lavise_fast.explainer.default_explainer`).
+            :func:`lavise_fast.default_explainers.default_explainer`).
         layer: dotted name or module; default the explainer's layer (they must agree), or the last
             4-D layer of the model when no explainer is given. A list of layers explains them all
             in the same forward pass, each with its own statistics, and returns a dict
@@ -391,7 +391,7 @@ def _explainers_for(model, loader, explainer, layer, device, distributed, progre
         pairs = []
         for spec in specs:
             if explainer is None:
-                from lavise_fast.explainer import default_explainer
+                from lavise_fast.default_explainers import default_explainer
 
                 expl = default_explainer(model, loader, layer=spec, device=device, distributed=distributed,
                                          progress=progress)

@@ -98,7 +98,7 @@ def same(a, b) -> None:
 def pooled(distributed: bool = False, cache=None):
     """The pooled reference features (block2) of the small ConceptWorld of :func:`reference_training`."""
     from lavise_fast.data.world import ConceptWorld
-    from lavise_fast.explainer import pool_reference
+    from lavise_fast.pooling import pool_reference
 
     world = ConceptWorld(size=20, image_size=24, seed=0)
     return pool_reference(tiny_model(), world, "block2", batch_size=8, distributed=distributed, cache=cache,
@@ -110,7 +110,7 @@ def reference_training(distributed: bool = False) -> tuple[torch.Tensor, list[st
     import torch
 
     from lavise_fast.data.world import ConceptWorld
-    from lavise_fast.explainer import train_explainer
+    from lavise_fast.training import train_explainer
 
     world = ConceptWorld(size=20, image_size=24, seed=0)
     g = torch.Generator().manual_seed(4)

@@ -13,9 +13,9 @@ import torchvision
 from test_explainer import COLOURS, Patches
 
 from lavise_fast.explain import ExplainResult, explain
-from lavise_fast.explainer import train_explainer
 from lavise_fast.layers import layer_features
 from lavise_fast.semantics import Static, Vocabulary
+from lavise_fast.training import train_explainer
 
 LAYER = "layer3"
 
@@ -264,7 +264,7 @@ def test_the_two_argument_call_trains_a_default_explainer_once_and_caches_it(mon
     """explain(model, loader): an explainer trained on the embedded world in the default space,
     for the model's last 4-D layer, cached (the second call trains nothing), answering with the
     LaViSE entities."""
-    import lavise_fast.explainer as explainer_module
+    import lavise_fast.default_explainers as defaults_module
     from lavise_fast.data import ConceptWorld
     from lavise_fast.vocabularies import entities
 
@@ -284,11 +284,11 @@ def test_the_two_argument_call_trains_a_default_explainer_once_and_caches_it(mon
     def no_training(*args, **kwargs):
         raise AssertionError("the cached default explainer was trained again")
 
-    monkeypatch.setattr(explainer_module, "train_explainer", no_training)
+    monkeypatch.setattr(defaults_module, "train_explainer", no_training)
     second = explain(model, loader, top_images=3, progress=False)
     assert second == first
     with pytest.raises(ValueError, match="space 'glove', the explainer was trained in 'all-MiniLM-L6-v2'"):
-        explain(model, loader, explainer_module.default_explainer(model, loader),
+        explain(model, loader, defaults_module.default_explainer(model, loader),
                 vocabulary=Vocabulary(["a", "b"], torch.randn(2, 384), space="glove"), progress=False)
 
 

@@ -145,7 +145,8 @@ def space():
 
 
 def test_training_lowers_the_loss_and_ranks_the_right_word_first(space):
-    from lavise_fast.explainer import pool_reference, train_explainer
+    from lavise_fast.pooling import pool_reference
+    from lavise_fast.training import train_explainer
 
     model, data = small_cnn(), Patches(150)
     expl = train_explainer(model, data, "4", space, anno_rate=1.0, epochs=15, seed=0, progress=False)
@@ -164,7 +165,7 @@ def test_training_lowers_the_loss_and_ranks_the_right_word_first(space):
 
 
 def test_anno_rate_split_is_seeded(space):
-    from lavise_fast.explainer import train_explainer
+    from lavise_fast.training import train_explainer
 
     model, data = small_cnn(), Patches(40)
     a = train_explainer(model, data, "4", space, anno_rate=0.5, epochs=1, seed=3, progress=False)
@@ -178,7 +179,7 @@ def test_anno_rate_split_is_seeded(space):
 
 
 def test_training_refuses_a_reference_without_objects(space):
-    from lavise_fast.explainer import train_explainer
+    from lavise_fast.training import train_explainer
 
     empty = [(torch.randn(3, 32, 32), torch.zeros(0, 32, 32, dtype=torch.bool), [])]
     with pytest.raises(ValueError, match="no object"):
@@ -186,7 +187,8 @@ def test_training_refuses_a_reference_without_objects(space):
 
 
 def test_memory_mapped_feature_cache_trains_the_same_head_and_is_reused(space, tmp_path, monkeypatch):
-    from lavise_fast.explainer import pool_reference, train_explainer
+    from lavise_fast.pooling import pool_reference
+    from lavise_fast.training import train_explainer
 
     model, data = small_cnn(), Patches(50)
     cache = tmp_path / "pooled.npy"
@@ -214,7 +216,8 @@ def test_equal_masks_of_one_image_are_one_region_with_all_their_words(space):
     """An object's colour, shape and pattern share a mask in ConceptWorld: pool_reference makes them one
     row labelled with every word (never three rows that the loss would push apart); equal masks of two
     different images stay two rows."""
-    from lavise_fast.explainer import pool_reference, train_explainer
+    from lavise_fast.pooling import pool_reference
+    from lavise_fast.training import train_explainer
 
     g = torch.Generator().manual_seed(4)
     mask = torch.zeros(2, 32, 32, dtype=torch.bool)
@@ -226,7 +229,7 @@ def test_equal_masks_of_one_image_are_one_region_with_all_their_words(space):
     model = small_cnn()
     vectors, labels, _ = pool_reference(model, items, "4", progress=False)
     assert labels == [["red", "blue"], ["green"], ["cyan"]] and vectors.shape[0] == 3
-    from lavise_fast.explainer import pool_reference as again
+    from lavise_fast.pooling import pool_reference as again
 
     alone, _, _ = again(model, [(image, mask[:1], ["red"])], "4", progress=False)
     torch.testing.assert_close(vectors[:1], alone)
