@@ -8,7 +8,7 @@ training scheme), ``thresholds.py`` (the quantile sketch against storing every a
 ``vocabulary.py`` (``cosine_topk`` against a full sort) are the scripts, with ``onnx_head.py``
 (the ONNX export of the head in onnxruntime against the PyTorch head); ``bench_e2e.py`` runs
 the same code as pytest-benchmark cases. The scripts share their common options through
-:func:`add_common_arguments`.
+:func:`add_common_arguments` and the skeleton of their ``main`` through :func:`run_script`.
 """
 
 from __future__ import annotations
@@ -281,6 +281,39 @@ def configure_torch(args: argparse.Namespace) -> torch.device:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     return resolve_device(args.device)
+
+
+Measure = Callable[[argparse.Namespace, torch.device], tuple[str, list[str], list[str]]]
+
+
+def run_script(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    measure: Measure,
+    argv: list[str] | None = None,
+    *,
+    positive: tuple[str, ...] = (),
+    at_least: dict[str, int] | None = None,
+    check: Callable[[argparse.Namespace], str | None] | None = None,
+    probe: Callable[[argparse.Namespace, torch.device], dict] | None = None,
+) -> int:
+    """The ``main`` of a script: parses ``argv``; a usage error when an option of ``positive`` is below 1, one of
+    ``at_least`` below its minimum or ``check`` returns a message; :func:`configure_torch`; with ``--memory-probe``,
+    prints ``probe``'s JSON; else publishes the (heading, table, notes) that ``measure`` returns. Returns 0."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_at_least(parser, args, positive)
+    for name, minimum in (at_least or {}).items():
+        check_at_least(parser, args, (name,), minimum)
+    error = check(args) if check is not None else None
+    if error:
+        parser.error(error)
+    device = configure_torch(args)
+    if probe is not None and args.memory_probe is not None:
+        print(json.dumps(probe(args, device)))
+        return 0
+    heading, table, notes = measure(args, device)
+    publish(heading, table, notes, args.append_results)
+    return 0
 
 
 # --- timing ---------------------------------------------------------------------------------

@@ -343,14 +343,8 @@ def report(
     return common.markdown_table(rows), notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    common.check_at_least(parser, args, ("vectors", "channels", "dim", "vocabulary", "k", "repeats"))
-    if args.k > args.vocabulary:
-        parser.error(f"--k must be at most --vocabulary ({args.vocabulary}), got {args.k}")
-    device = common.configure_torch(args)
-
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[str, list[str], list[str]]:
+    """Exports the head, times both heads, compares them; returns the heading, table and notes."""
     setup = build(args, device)
     with tempfile.TemporaryDirectory(prefix="lavise_onnx_bench_") as tmp:
         path = Path(tmp) / "head.onnx"
@@ -369,8 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         f"ONNX head: onnxruntime ({head.providers[0]}) vs the PyTorch head ({device.type}), {args.vectors} pooled "
         f"vectors x {args.channels} channels, {args.vocabulary} words, k = {args.k}, {common.today()}"
     )
-    common.publish(heading, table, notes, args.append_results)
-    return 0
+    return heading, table, notes
+
+
+def check_k(args: argparse.Namespace) -> str | None:
+    return f"--k must be at most --vocabulary ({args.vocabulary}), got {args.k}" if args.k > args.vocabulary else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_script(build_parser, measure, argv, check=check_k,
+                             positive=("vectors", "channels", "dim", "vocabulary", "k", "repeats"))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ Target: the peak grows by at most 10 % from N to 4N images.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,17 +393,8 @@ def baseline_rows(args: argparse.Namespace, setup: Setup, timings: Timings,
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    common.check_at_least(parser, args, ("images", "image_size", "batch_size", "top_images", "words_per_image",
-                                         "vocabulary", "dim", "repeats", "memory_factor"))
-    common.check_at_least(parser, args, ("baseline_filters",), minimum=0)
-    device = common.configure_torch(args)
-    if args.memory_probe is not None:
-        print(json.dumps(probe_memory(args, device)))
-        return 0
-
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[str, list[str], list[str]]:
+    """Times both sides, probes the memory of two sizes; returns the heading, table and notes."""
     setup = build(args, device)
     batches = common.premade_batches(args.images, args.batch_size, args.image_size, args.seed, device)
     timings = time_interleaved(setup, batches, args, device)
@@ -416,8 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     versus = " and the official inference" if timings.baseline else ""
     heading = (f"End-to-end sweep: explain vs the bare forward pass{versus}, {model_label(setup)} {args.layer}, "
                f"{args.images} images at {args.image_size} px ({device.type}), {common.today()}")
-    common.publish(heading, table, notes, args.append_results)
-    return 0
+    return heading, table, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_script(build_parser, measure, argv, probe=probe_memory, at_least={"baseline_filters": 0},
+                             positive=("images", "image_size", "batch_size", "top_images", "words_per_image",
+                                       "vocabulary", "dim", "repeats", "memory_factor"))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ Accuracy: the share of each filter's values above the sketch's estimate, against
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -274,16 +273,8 @@ def report(args: argparse.Namespace, device: torch.device, shape: tuple[int, ...
     return common.markdown_table(rows), notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    common.check_at_least(parser, args, ("images", "batch_size", "channels", "grid", "image_size", "repeats"))
-    common.check_at_least(parser, args, ("capacity",), minimum=8)
-    device = common.configure_torch(args)
-    if args.memory_probe is not None:
-        print(json.dumps(probe_memory(args, device)))
-        return 0
-
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[str, list[str], list[str]]:
+    """Times the three sides, checks their accuracy, probes their memory; returns the heading, table and notes."""
     model = None if args.features_only else common.resnet18(args.seed, device)
     premade = list(feature_stream(args, device)) if args.features_only else None
     seconds, results = time_interleaved(args, device, model, premade)
@@ -297,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     what = "random feature maps" if args.features_only else f"ResNet-18 {args.layer}"
     heading = (f"Thresholds: quantile sketch vs storing every activation, {what} [{shape[1]}, {shape[2]}, "
                f"{shape[3]}] x {args.images} images ({device.type}), {common.today()}")
-    common.publish(heading, table, notes, args.append_results)
-    return 0
+    return heading, table, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_script(build_parser, measure, argv, probe=probe_memory, at_least={"capacity": 8},
+                             positive=("images", "batch_size", "channels", "grid", "image_size", "repeats"))
 
 
 if __name__ == "__main__":

@@ -77,16 +77,8 @@ def sample_pairs(total: int, count: int, seed: int) -> list[int]:
     return torch.randperm(total, generator=generator)[: min(count, total)].tolist()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    common.check_at_least(
-        parser, args, ("images", "image_size", "masks_per_image", "words", "dim", "epochs", "baseline_pairs", "repeats")
-    )
-    if args.words < 2:
-        parser.error("--words must be at least 2 (the ranking loss compares words)")
-    device = common.configure_torch(args)
-
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[str, list[str], list[str]]:
+    """Times both training schemes; returns the heading, table and notes."""
     model = common.resnet18(args.seed, device)
     words = common.random_words(args.words)
     space = common.random_space(words, args.dim, args.seed)
@@ -150,8 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     heading = (f"End-to-end training: train_explainer vs the official scheme, ResNet-18 {args.layer}, {pairs} pairs at "
                f"{args.image_size} px ({device.type}), {common.today()}")
-    common.publish(heading, table, notes, args.append_results)
-    return 0
+    return heading, table, notes
+
+
+def check_words(args: argparse.Namespace) -> str | None:
+    return "--words must be at least 2 (the ranking loss compares words)" if args.words < 2 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_script(build_parser, measure, argv, check=check_words, positive=(
+        "images", "image_size", "masks_per_image", "words", "dim", "epochs", "baseline_pairs", "repeats"))
 
 
 if __name__ == "__main__":

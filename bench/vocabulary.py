@@ -32,7 +32,6 @@ words and queries made before (``e2e_common.PeakMemoryProbe``); the full sort's 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -231,18 +230,8 @@ def report(args: argparse.Namespace, device: torch.device, timings: dict,
     return common.markdown_table(rows), notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    common.check_at_least(parser, args, ("words", "dim", "queries", "chunk", "repeats"))
-    common.check_at_least(parser, args, ("baseline_chunks",), minimum=0)
-    if any(not 1 <= k <= args.words for k in args.k):
-        parser.error(f"--k must lie in [1, --words], got {args.k}")
-    device = common.configure_torch(args)
-    if args.memory_probe is not None:
-        print(json.dumps(probe_memory(args, device)))
-        return 0
-
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[str, list[str], list[str]]:
+    """Times both sides, probes their memory; returns the heading, table and notes."""
     queries, words = make_inputs(args, device)
     timings = time_interleaved(args, queries, words, device)
     del queries, words
@@ -253,8 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     ks = ", ".join(str(k) for k in args.k)
     heading = (f"Vocabulary scoring: cosine_topk vs a full sort, {args.words} words x {args.dim} dims, "
                f"{args.queries} queries, k = {ks} ({device.type}), {common.today()}")
-    common.publish(heading, table, notes, args.append_results)
-    return 0
+    return heading, table, notes
+
+
+def check_k(args: argparse.Namespace) -> str | None:
+    return f"--k must lie in [1, --words], got {args.k}" if any(not 1 <= k <= args.words for k in args.k) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_script(build_parser, measure, argv, probe=probe_memory, at_least={"baseline_chunks": 0},
+                             check=check_k, positive=("words", "dim", "queries", "chunk", "repeats"))
 
 
 if __name__ == "__main__":
