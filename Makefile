@@ -36,6 +36,7 @@ build: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 pytest: build browser
 	$(PY) -m pytest tests -q

@@ -1,7 +1,8 @@
-"""Where lavise_fast caches what it computes (trained default explainers, the demo's network,
-sentence embeddings): ``$LAVISE_FAST_CACHE`` when set (``~`` expanded), else
-``~/.cache/lavise_fast``, read at each call. A cache is never fatal: an unreadable entry is logged,
-recomputed and rewritten by its user."""
+"""The folder where lavise_fast caches what it computes.
+
+What it caches: trained default explainers, the demo's network, sentence embeddings. The folder is
+``$LAVISE_FAST_CACHE`` when set (``~`` expanded), else ``~/.cache/lavise_fast``, read at each call.
+A cache is never fatal: an unreadable entry is logged, recomputed and rewritten by its user."""
 
 from __future__ import annotations
 

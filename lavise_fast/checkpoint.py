@@ -23,7 +23,18 @@ FORMAT = "lavise_fast.sweep/2"  # /2: the top pairs keep embeddings, not word in
 
 class SweepCheckpoint:
     """The checkpoint file of one sweep (one rank of it) in ``folder``, for a sweep described by
-    ``fields`` (a dict of plain values: what must match for a resume)."""
+    ``fields`` (a dict of plain values: what must match for a resume).
+
+    Args:
+        folder: the folder of the checkpoint (created at the first save; a file there is refused).
+        fields: what the sweep is (model digest, layers, dataset length, settings, ...), plain values;
+            a resume needs every one equal.
+        rank: this process's rank in a distributed sweep (0 for a single process).
+        world: the number of ranks; 1 names the file ``sweep.pt``, more ``sweep.rank{rank}-of-{world}.pt``.
+
+    Raises:
+        NotAFolderError: ``folder`` exists and is a file.
+    """
 
     def __init__(self, folder: str | os.PathLike, fields: dict, rank: int = 0, world: int = 1) -> None:
         self.folder = Path(folder)
@@ -57,7 +68,11 @@ class SweepCheckpoint:
         return payload["state"]
 
     def save(self, state: dict) -> None:
-        """Writes ``state`` (CPU tensors and plain values) with the fields, atomically."""
+        """Writes ``state`` with the fields, atomically (a temporary file, then a rename).
+
+        Args:
+            state: what :meth:`load` gives back: CPU tensors and plain values.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"format": FORMAT, "fields": self.fields, "state": state}, self.path)
 

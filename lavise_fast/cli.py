@@ -8,7 +8,7 @@ Subcommands (``lavise-fast <command> --help`` shows each one's options and examp
 - ``evaluate``: recall@5/10/20 of those words against object masks (a COCO set or the world);
 - ``report``: the self-contained HTML report of a result;
 - ``compare``: the concepts two results (the same network on two subsets) evoke more or less often;
-- ``export-onnx``: not available yet.
+- ``export-onnx``: an explainer's head (and the scoring of a vocabulary) as one ONNX file.
 
 Models (``--model``): a torchvision model name with ``--weights FILE`` (a state dict), a TorchScript
 file (its layers are its top-level children when it is an ``nn.Sequential``, else ``output``, the
@@ -25,184 +25,22 @@ import contextlib
 import os
 import sys
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from lavise_fast.demo import ImagesOf
+from lavise_fast.data.folders import ImageFolder, ImagesOf
 from lavise_fast.errors import InputError, LaviseError, MissingInputError
 from lavise_fast.files import atomic_write, atomic_write_json
+from lavise_fast.models import load_model, model_layer
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class CommandError(InputError):
     """A bad argument or input found after parsing (reported as one line, exit status 2)."""
 
 
-# ---------------------------------------------------------------------------------------------- models
-
-
-class _Stage(nn.Module):
-    """A TorchScript submodule seen from Python, so that forward hooks (which TorchScript modules refuse)
-    can be put on it."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-
-def load_torchscript(path: str | os.PathLike) -> nn.Sequential:
-    """A TorchScript file as an ``nn.Sequential`` whose layers can be explained: the file's top-level
-    children (named as in the file) when it is an ``nn.Sequential``, else one layer ``output`` (the
-    whole file, whose output must then be the feature map)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
-        except Exception as error:  # torch raises RuntimeError and friends for anything it cannot read
-            raise CommandError(f"{path} is not a TorchScript file ({str(error).splitlines()[0]}); for a state dict, "
-                               "give a torchvision model name with --weights FILE") from None
-    if getattr(scripted, "original_name", "") == "Sequential":
-        stages = [(name, _Stage(child)) for name, child in scripted.named_children()]
-    else:
-        stages = [("output", _Stage(scripted))]
-    return nn.Sequential(OrderedDict(stages)).eval()
-
-
-def _torchvision_model(name: str, weights: str | None) -> nn.Module:
-    try:
-        import torchvision
-    except ImportError:
-        raise CommandError(f"{name!r} is neither a file nor efficientnet-lite0, and torchvision (which would know "
-                           "it as a model name) is not installed") from None
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        import difflib
-
-        near = difflib.get_close_matches(name.lower(), known, n=5, cutoff=0.6)
-        hint = f" (similar: {', '.join(near)})" if near else ""
-        raise CommandError(f"--model {name!r} is not a file, nor efficientnet-lite0, nor a torchvision classification "
-                           f"model name{hint}")
-    if weights is None:
-        raise CommandError(f"--model {name} needs --weights FILE (a state dict of {name}): nothing is downloaded")
-    path = Path(weights)
-    if not path.is_file():
-        raise MissingInputError(f"--weights {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CommandError(f"--weights {path} is not a readable state dict ({str(error).splitlines()[0]})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CommandError(f"--weights {path} does not hold a state dict (a mapping of names to tensors)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    # The classifier's size: ImageNet's 1000, else the first dimension of the last weight (fc.weight,
-    # classifier.1.weight, ...).
-    weights_ = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
-    sizes = dict.fromkeys([1000, *([int(weights_[-1].shape[0])] if weights_ else [])])
-    error = None
-    for num_classes in sizes:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        try:
-            model.load_state_dict(state)
-            return model
-        except RuntimeError as failure:
-            error = error or failure
-    lines = str(error).splitlines()
-    raise CommandError(f"--weights {path} does not fit {name}: {' '.join(x.strip() for x in lines[:2])}")
-
-
-def load_model(spec: str, weights: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The model that ``--model spec [--weights FILE]`` names, in eval mode on ``device``."""
-    if spec == "efficientnet-lite0":
-        from lavise_fast.demo import efficientnet_lite0
-
-        model = efficientnet_lite0()
-    elif Path(spec).is_file():
-        if weights is not None:
-            raise CommandError("--weights goes with a torchvision model name; a TorchScript file holds its weights")
-        model = load_torchscript(spec)
-    elif os.sep in spec or spec.endswith((".pt", ".pth", ".ts")):
-        raise MissingInputError(f"--model {spec!r}: no such file")
-    else:
-        model = _torchvision_model(spec, weights)
-    return model.to(device).eval()
-
-
-def _model_layer(model: nn.Module, layer: str | None, sample: torch.Tensor) -> str:
-    """``layer``, or the model's default (the last 4-D feature map; for TorchScript, the last stage with one)."""
-    from lavise_fast.layers import default_layer, resolve_layer
-
-    scripted = isinstance(model, nn.Sequential) and len(model) > 0 and all(isinstance(m, _Stage) for m in model)
-    if layer is not None:
-        if scripted and layer not in dict(model.named_children()):
-            raise CommandError(f"layer {layer!r} is not a layer of the TorchScript model, whose layers are "
-                               f"{', '.join(dict(model.named_children()))} (TorchScript hides nested layers)")
-        return resolve_layer(model, layer)[0]
-    if scripted:
-        x, chosen = sample, None
-        with torch.no_grad():
-            for name, stage in model.named_children():
-                x = stage(x)
-                if not torch.is_tensor(x):
-                    break
-                if x.dim() == 4 and x.shape[2] * x.shape[3] > 1:
-                    chosen = name
-        if chosen is None:
-            raise CommandError("no layer of the TorchScript model outputs a 4-D feature map with more than one "
-                               "position; give --layer")
-        return chosen
-    return default_layer(model, sample)
-
-
 # ---------------------------------------------------------------------------------------------- image sets
-
-
-class ImageFolderImages(torch.utils.data.Dataset):
-    """The images of a folder (and its subfolders), sorted by relative path: item i is the i-th image
-    through :class:`lavise_fast.data.TargetTransform` (resize, centre crop, ImageNet normalisation).
-    A file that does not decode is skipped with a warning naming it: its item is a blank image (zeros,
-    the mean colour), so that the indices stay those of the sorted file list."""
-
-    def __init__(self, folder: str | os.PathLike, resize: int | None = 256, crop: int | None = 224,
-                 files: list[str] | None = None) -> None:
-        from lavise_fast.data import TargetTransform
-
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise MissingInputError(f"image folder {str(self.folder)!r} does not exist (or is not a folder)")
-        if files is None:
-            files = sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise CommandError(f"image folder {str(self.folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
-        self.files = list(files)
-        self.transform = TargetTransform(resize=resize, crop=crop)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
-        from lavise_fast.data._common import read_image
-
-        image = read_image(self.folder / self.files[index], index, "skip")
-        if image is None:
-            side = self.transform.crop or self.transform.resize or 1
-            return torch.zeros_like(self.transform(Image.new("RGB", (side, side))))
-        return self.transform(image)
 
 
 def _world(spec: dict):
@@ -217,7 +55,12 @@ def _world(spec: dict):
 def open_set(spec: dict, *, masks: bool):
     """The image set a target/reference record describes (``{"kind": "images"|"coco"|"vg"|"world", ...}``,
     as ``result.settings["target"]`` holds it): with ``masks``, reference items (image, masks, labels);
-    else images only (image folders) or items (the others)."""
+    else images only (image folders) or items (the others).
+
+    Args:
+        spec: the record.
+        masks: whether the set must hold masks (evaluation) or images are enough (the report).
+    """
     from lavise_fast.data import CocoInstances, VisualGenomeObjects
 
     kind = spec.get("kind")
@@ -225,7 +68,7 @@ def open_set(spec: dict, *, masks: bool):
         if masks:
             raise CommandError("an image folder has no object masks: give --coco or --world (the same images, "
                                "in the same order)")
-        return ImageFolderImages(spec["folder"], spec.get("resize", 256), spec.get("crop", 224), spec.get("files"))
+        return ImageFolder(spec["folder"], spec.get("resize", 256), spec.get("crop", 224), spec.get("files"))
     if kind == "coco":
         return CocoInstances(spec["images"], spec["annotations"])
     if kind == "vg":
@@ -247,7 +90,7 @@ def _set_spec(args: argparse.Namespace, *, allow_images: bool) -> dict | None:
         if not allow_images:
             raise CommandError("--images is an image folder without masks; this command needs --coco or --world")
         folder = Path(args.images).resolve()
-        dataset = ImageFolderImages(folder, args.resize, args.crop)
+        dataset = ImageFolder(folder, args.resize, args.crop)
         return {"kind": "images", "folder": str(folder), "files": dataset.files, "resize": args.resize,
                 "crop": args.crop}
     if kind == "coco":
@@ -401,44 +244,12 @@ def _space(glove: str | None):
     return semantics.GloVe(glove) if glove else semantics.default_space()
 
 
-def _read_json(path: str, what: str):
-    from lavise_fast.data._common import read_json
-
-    return read_json(path, what)
-
-
 def _load_result(path: str):
-    from lavise_fast.explain import ExplainResult
+    from lavise_fast.result import ExplainResult
 
     if not Path(path).is_file():
         raise MissingInputError(f"result file {path!r} does not exist")
     return ExplainResult.load(path)
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _recall_lines(evaluation: dict) -> list[str]:
-    lines = ["          recall@5  recall@10  recall@20  pairs | recall@10: chance  shuffled   gain"]
-    for part, scores in (("all", evaluation), ("seen", evaluation.get("seen", {})),
-                         ("unseen", evaluation.get("unseen", {}))):
-        beside = [(scores.get(key) or {}).get("recall@10") for key in ("chance", "shuffled", "gain")]
-        lines.append(f"  {part:<8}{_fmt(scores.get('recall@5')):>8}{_fmt(scores.get('recall@10')):>11}"
-                     f"{_fmt(scores.get('recall@20')):>11}{scores.get('pairs', 0):>7} |"
-                     f"{_fmt(beside[0]):>16}{_fmt(beside[1]):>10}{_fmt(beside[2]):>7}")
-    for part, rank in (evaluation.get("rank") or {}).items():
-        lines.append(f"  mean rank of the {part} ground-truth words among the {rank.get('words')} {part} words: "
-                     f"{_fmt(rank.get('mean'))} (chance {_fmt(rank.get('chance'))})")
-    strong = (evaluation.get("dissection_in_top") or {}).get("iou>=0.1") or {}
-    if strong:
-        lines.append(f"  Network-Dissection label among the first 1/3/5 words of the {strong.get('filters')} filters "
-                     f"with ND IoU >= 0.1: " + " / ".join(_fmt(strong.get(n)) for n in ("1", "3", "5")))
-    sim = evaluation.get("simulation") or {}
-    if sim:
-        lines.append(f"  simulation score: words {_fmt(sim.get('words'))}, ND labels {_fmt(sim.get('dissection'))}, "
-                     f"random words {_fmt(sim.get('random'))}")
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -476,7 +287,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if len(reference) == 0:
         raise CommandError("the reference set holds no image")
     model = load_model(args.model, args.weights, device)
-    layer = _model_layer(model, args.layer, reference[0][0][None].to(device))
+    layer = model_layer(model, args.layer, reference[0][0][None].to(device))
     space = _space(args.glove)
     with _process_group(args, device) as (rank, device):
         model = model.to(device)
@@ -511,8 +322,8 @@ def _vocabulary(choice: str, explainers, space):
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from lavise_fast.explain import explain
     from lavise_fast.explainer import Explainer
+    from lavise_fast.sweep import explain
 
     spec = _set_spec(args, allow_images=True)
     if spec is None:
@@ -537,13 +348,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers)
     if several:
-        layers = [_model_layer(model, e.layer, None) for e in explainers]
+        layers = [model_layer(model, e.layer, None) for e in explainers]
         explainer, layer = dict(zip(layers, explainers, strict=True)), layers
         filters = None if args.filters is None else dict.fromkeys(layers, args.filters)
     else:
         wanted = args.layer or explainers[0].layer or None
         explainer, filters = explainers[0], args.filters
-        layer = None if wanted is None else _model_layer(model, wanted, None)
+        layer = None if wanted is None else model_layer(model, wanted, None)
     with _process_group(args, device) as (rank, device):
         model = model.to(device)
         results = explain(model, loader, explainer, layer=layer, filters=filters, method=args.method,
@@ -555,7 +366,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if rank != 0:
         return 0  # every rank holds the result; rank 0 writes it
     if not several:
-        results = {results.settings["layer"]: results}
+        results = {results.settings.layer: results}
     for name, result in results.items():
         result.settings["target"] = spec
         result.settings["model"] = {
@@ -589,7 +400,7 @@ def _check_one_explainer_per_layer(paths: list[str], explainers) -> None:
 def _result_set(args: argparse.Namespace, result, *, masks: bool, allow_images: bool):
     spec = _set_spec(args, allow_images=allow_images)
     if spec is None:
-        spec = (result.settings or {}).get("target")
+        spec = result.settings.get("target")
         if spec is None:
             return None, None
         if masks and spec.get("kind") == "images":
@@ -599,7 +410,7 @@ def _result_set(args: argparse.Namespace, result, *, masks: bool, allow_images: 
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lavise_fast.evaluate import evaluate
+    from lavise_fast.evaluation import evaluate, evaluation_table
 
     result = _load_result(args.result)
     out = _output(args.out)
@@ -611,17 +422,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights, device)
     evaluation = evaluate(result, model, reference, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
                           device=device, progress=args.progress)
-    atomic_write_json(out, evaluation, indent=1)
-    print(f"evaluated {len(result.filters)} filters of {result.settings.get('layer')} on {len(reference)} images "
+    evaluation.save(out)
+    print(f"evaluated {len(result.filters)} filters of {result.settings.layer} on {len(reference)} images "
           f"(IoU > {args.iou_threshold}); wrote {out}")
-    print("\n".join(_recall_lines(evaluation)))
-    produced, total = evaluation.get("unseen_produced"), evaluation.get("unseen_words", 0)
-    named = "n/a" if produced is None else f"{round(produced * total)} of {total} ({produced:.3f})"
-    print(f"  unseen words named by some filter: {named}")
+    print("\n".join(evaluation_table(evaluation)))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from lavise_fast.evaluation import Evaluation
     from lavise_fast.report import write_report
 
     result = _load_result(args.result)
@@ -638,11 +447,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise CommandError("--model draws activation maps over the top images: it needs the images (the "
                                "result's target, or --images/--coco/--world), not --no-images")
         model = load_model(args.model, args.weights, device)
-    evaluation = _read_json(args.evaluation, "evaluation file") if args.evaluation else None
-    expected = {"seen", "unseen", "dissection"}
-    if evaluation is not None and not (isinstance(evaluation, dict) and expected <= set(evaluation)):
-        raise CommandError(f"--evaluation {args.evaluation} does not hold what evaluate writes (recall, seen, unseen, "
-                           "dissection)")
+    evaluation = None
+    if args.evaluation:
+        if not Path(args.evaluation).is_file():
+            raise MissingInputError(f"--evaluation {args.evaluation!r} does not exist")
+        evaluation = Evaluation.load(args.evaluation)
     write_report(result, out, images=images, model=model, evaluation=evaluation, max_images=args.max_images,
                  thumbnail=args.thumbnail, title=args.title, device=device, progress=args.progress)
     print(f"wrote {out} ({len(result.filters)} filters{', with pictures' if images is not None else ''})")
@@ -650,7 +459,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from lavise_fast.evaluate import compare, compare_plot
+    from lavise_fast.bias import compare, compare_plot
 
     a, b = (_load_result(p) for p in args.results)
     names = tuple(args.names) if args.names else tuple(Path(p).stem for p in args.results)
@@ -872,8 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", metavar="FILE.svg", help="write the plot (SVG)")
     compare.add_argument("--table", metavar="FILE", help="write the table (.csv, else JSON)")
 
-    export = add("export-onnx", "export an explainer's head (and vocabulary scoring) to ONNX (once the ONNX "
-                                "export of lavise_fast lands; until then it says so and exits with status 2)")
+    export = add("export-onnx", "export an explainer's head (and, with --vocabulary, the scoring of those words) "
+                                "to one ONNX file")
     export.add_argument("explainer", nargs="?", metavar="EXPLAINER", help="an explainer written by train")
     export.add_argument("--vocabulary", metavar="WORDS",
                         help="also score against these words: entities, vg, explainer or a text file")
@@ -914,7 +723,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs ``lavise-fast`` with ``argv`` (default ``sys.argv[1:]``) and returns the exit status: 0;
     2 for a bad argument or an input error (:class:`lavise_fast.errors.LaviseError`, one line on
     stderr; ``--debug`` shows its traceback); 130 on Ctrl-C (one line). Any other exception is a bug
-    and shows its traceback."""
+    and shows its traceback.
+
+    Args:
+        argv: the command line after the program name; None: ``sys.argv[1:]``.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,5 +1,7 @@
-"""The explainer that ``explain(model, loader)`` uses when none is given: trained on the embedded
-reference world in the default word space and cached per model, layer and recipe.
+"""The explainer that ``explain(model, loader)`` uses when none is given.
+
+It is trained on the embedded reference world in the default word space and cached per model, layer
+and recipe.
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ def default_explainer(
 
     ``layer`` defaults to the last 4-D layer of ``model`` (``lavise_fast.layers.default_layer``),
     found on the first image batch of ``loader`` (a reference image when there is no loader).
+
+    Args:
+        model: the frozen network whose layer is explained.
+        loader: the target loader; only its first image batch is read, to find the default layer; None: a
+            ConceptWorld image stands in.
+        layer: the layer to explain, a dotted module name or the module; None: the default layer.
+        world_size: the number of ConceptWorld scenes to train on (part of the cache key).
+        epochs: training epochs (part of the cache key).
+        device: where the model runs (it must already be there); None: the device of its parameters.
+        distributed: train as one rank of an initialised process group: the ranks share the feature
+            pass, and they all use the cached explainer or all train.
+        progress: show tqdm progress bars while training.
     """
     world = ConceptWorld(size=world_size, image_size=224, seed=0)
     if layer is None:
@@ -54,7 +68,7 @@ def default_explainer(
         sample = world[0][0][None] if sample is None else sample
         dev = model_device(model, device)
         layer = default_layer(model, sample.to(dev))
-    name = resolve_layer(model, layer)[0]
+    name, module = resolve_layer(model, layer)
     space = default_space()
     key = model_fingerprint(model, name, space.name, world_size, epochs, FORMAT, RECIPE)
     path = cache_dir() / "explainers" / f"{key}.pt"
@@ -68,7 +82,7 @@ def default_explainer(
         cached = None  # every rank trains (sharing the feature pass), or none does
     if cached is not None:
         return cached
-    expl = train_explainer(model, world, name, space, anno_rate=1.0, epochs=epochs, device=device,
+    expl = train_explainer(model, world, module, space, anno_rate=1.0, epochs=epochs, device=device,
                            distributed=distributed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     expl.save(path)

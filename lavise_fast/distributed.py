@@ -39,13 +39,26 @@ def current_shard() -> Shard:
 
 
 def shard_indices(length: int, shard: Shard) -> torch.Tensor:
-    """The global indices [n] of this rank's share of ``length`` items: rank, rank + world, ..."""
+    """The global indices [n] int64 of this rank's share of ``length`` items: rank, rank + world, ...
+
+    Args:
+        length: the number of items in the dataset.
+        shard: this process's rank and world size.
+    """
     return torch.arange(shard.rank, length, shard.world)
 
 
 def shard_loader(loader, shard: Shard) -> tuple[DataLoader, torch.Tensor]:
     """This rank's loader over its share of ``loader``'s dataset (same batch size, collate,
-    workers) and the global indices [n] of the images it yields, in order."""
+    workers) and the global indices [n] of the images it yields, in order.
+
+    Args:
+        loader: a DataLoader over a sized map-style dataset, read in order (:func:`is_sequential`).
+        shard: this process's rank and world size.
+
+    Raises:
+        InputTypeError: ``loader`` is not such a DataLoader.
+    """
     if not is_sequential(loader):
         raise InputTypeError("a distributed sweep needs a torch DataLoader over a map-style dataset (one with "
                              "__len__), read in order (shuffle=False, no sampler or batch_sampler): explain gives "
@@ -61,7 +74,12 @@ def all_gather(obj, what: str) -> list:
     The barrier after the gather is there for the process's exit: gloo's worker thread releases the
     gather's tensors (Python objects) after ``all_gather_object`` has returned, and doing so while the
     interpreter shuts down aborts the process ("terminate called without an active exception"); the
-    barrier holds no Python tensor, and by the time it returns the gather has been released."""
+    barrier holds no Python tensor, and by the time it returns the gather has been released.
+
+    Args:
+        obj: this rank's picklable object; every rank must call with one.
+        what: what is exchanged, in words, for the error message (e.g. "the trained head").
+    """
     gathered = [None] * dist.get_world_size()
     try:
         dist.all_gather_object(gathered, obj)

@@ -1,5 +1,6 @@
-"""The exceptions lavise_fast raises for what a user can get wrong: one family, so that a caller (and
-the command line) can tell an input error from a bug.
+"""The exceptions lavise_fast raises for what a user can get wrong, as one family.
+
+One family, so that a caller (and the command line) can tell an input error from a bug.
 
 - :class:`LaviseError`: the base of the family.
 - :class:`InputError` (also a ``ValueError``): a bad value or a damaged file.

@@ -1,5 +1,4 @@
-"""The LaViSE explainer: a small head that maps pooled feature vectors into a word space, and the
-loss it is trained with.
+"""The LaViSE explainer (a small head from pooled feature vectors to a word space) and its training loss.
 
 Head (the paper's): BatchNorm1d(C), Dropout(0.1), Linear(C, C), ReLU, BatchNorm1d(C),
 Dropout(0.1), Linear(C, D). Trained (:mod:`lavise_fast.training`) with the cosine-similarity
@@ -37,8 +36,14 @@ def csmr_loss(
     not pushed apart. With one word per row this is the paper's loss.
 
     Args:
-        embeddings: [B, D] head outputs. targets: [B] word indices, or [B, V] 0/1 marks.
+        embeddings: [B, D] head outputs.
+        targets: [B] word indices, or [B, V] marks (nonzero: a true word); every row marks at least one word.
         words: [V, D] vectors of the training (seen) words.
+        margin: how much higher in cosine similarity each true word must score than each other word (the
+            paper's is 1.0).
+
+    Returns:
+        The loss, a scalar tensor.
     """
     sims = F.normalize(embeddings, dim=1) @ F.normalize(words, dim=1).t()  # [B, V]
     if targets.dim() == 1:
@@ -62,6 +67,16 @@ class Explainer(nn.Module):
     pooled vectors are scaled to unit length first: training pools under binary masks and
     explaining under a filter's map normalised to ``a / ||a||``, whose scales differ by up to the
     square root of the region's size; the direction of z is what both share.
+
+    Args:
+        channels: C, the layer's channel count (the head's input size), at least 1.
+        dim: D, the word space's dimension (the head's output size), at least 1.
+        layer: the dotted name of the layer it explains ("": not recorded, not checked).
+        space: the word space's name ("": not recorded, not checked).
+        seen: the words that supervised its training.
+        unseen: the label words held out of training.
+        dropout: the dropout rate of the head's two Dropout layers.
+        unit_input: scale pooled vectors to unit length before the head.
     """
 
     def __init__(
@@ -95,6 +110,11 @@ class Explainer(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The embeddings [M, D] float32 of pooled vectors (scaled to unit length first with ``unit_input``).
+
+        Args:
+            z: pooled feature vectors [M, C], any float dtype (computed in float32).
+        """
         if z.dim() != 2 or z.shape[1] != self.channels:
             raise InputError(
                 f"the explainer of layer {self.layer!r} takes pooled vectors [M, {self.channels}], "
@@ -106,7 +126,16 @@ class Explainer(nn.Module):
         return self.head(z)
 
     def check_compatible(self, layer: str, channels: int, space: str | None = None) -> None:
-        """Refuses a layer, channel count or word space other than the one it was trained for."""
+        """Refuses a layer, channel count or word space other than the one it was trained for.
+
+        Args:
+            layer: the dotted name of the layer to explain (checked when the explainer records one).
+            channels: the layer's channel count C.
+            space: the word space's name; None (or no recorded space): not checked.
+
+        Raises:
+            InputError: naming what differs.
+        """
         if channels != self.channels:
             raise InputError(
                 f"this explainer was trained on {self.channels} channels ({self.layer!r}); the layer has {channels}"
@@ -116,8 +145,29 @@ class Explainer(nn.Module):
         if space is not None and self.space and space != self.space:
             raise InputError(f"this explainer was trained in the word space {self.space!r}, not {space!r}")
 
+    def check_vocabulary(self, vocabulary) -> None:
+        """Refuses a :class:`lavise_fast.Vocabulary` of another dimension or word space than this head's.
+
+        Args:
+            vocabulary: the vocabulary to rank words from: its ``vectors`` [V, D] and ``space`` name.
+
+        Raises:
+            InputError: naming what differs.
+        """
+        if self.dim != vocabulary.vectors.shape[1]:
+            raise InputError(f"the explainer embeds into {self.dim} dimensions, the vocabulary has "
+                             f"{vocabulary.vectors.shape[1]}")
+        space = getattr(vocabulary, "space", "")
+        if space and self.space and space != self.space:
+            raise InputError(f"the vocabulary is in the word space {space!r}, the explainer was trained in "
+                             f"{self.space!r}")
+
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the head and its metadata to ``path`` (atomically: a temporary file, then a rename)."""
+        """Writes the head and its metadata to ``path`` (atomically: a temporary file, then a rename).
+
+        Args:
+            path: the torch file to write (read back with :meth:`load`).
+        """
         path = Path(path)
         payload = {
             "format": FORMAT,
@@ -132,7 +182,11 @@ class Explainer(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Explainer:
-        """Reads an explainer written by :meth:`save`.
+        """Reads an explainer written by :meth:`save`, in eval mode.
+
+        Args:
+            path: the file written by :meth:`save`.
+            map_location: where to load the weights (``torch.load``'s ``map_location``; default the CPU).
 
         Raises:
             FileNotFoundError: ``path`` does not exist.

@@ -1,5 +1,7 @@
-"""Atomic file writing (every file lavise_fast writes goes through :func:`atomic_write`), and
-reading torch files with one clear error when they are damaged (:func:`read_torch_file`).
+"""Atomic file writing, and reading torch and JSON files with one clear error when missing or damaged.
+
+Every file lavise_fast writes goes through :func:`atomic_write`; :func:`read_torch_file` and
+:func:`read_json` read.
 
 The content is written to a temporary file in the target's folder (``.<name>.<random>.tmp``),
 flushed to disk, then renamed over the target (``os.replace``), so that a reader sees the old file
@@ -19,7 +21,7 @@ from typing import IO, Any
 
 from lavise_fast.errors import InputError, IsAFolderError, MissingInputError
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "read_torch_file", "gist"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "read_torch_file", "read_json", "gist"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -43,6 +45,7 @@ def atomic_write(
         path: the file to write (its folder must exist); an existing file is replaced.
         content: ``bytes``, ``str`` (written in ``encoding``), or a function that writes the file's
             bytes to the binary file object it is given (``lambda f: torch.save(obj, f)``).
+        encoding: the text encoding of a ``str`` content.
 
     Raises:
         FileNotFoundError: the folder of ``path`` does not exist.
@@ -76,12 +79,23 @@ def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None 
     """``data`` as JSON (UTF-8; non-ASCII characters as ``\\u`` escapes, so that any ``str``, even one
     holding the surrogates of an undecodable file name, round-trips) written with :func:`atomic_write`.
     ``data`` is serialised before anything is written: a value JSON cannot hold raises ``TypeError``
-    and leaves no file behind."""
+    and leaves no file behind.
+
+    Args:
+        path: the file to write (its folder must exist); an existing file is replaced.
+        data: a JSON-serialisable value.
+        indent: JSON indentation (None: one line).
+    """
     return atomic_write(path, json.dumps(data, indent=indent))
 
 
 def atomic_torch_save(payload: object, path: str | os.PathLike) -> Path:
-    """``torch.save(payload, path)`` through :func:`atomic_write`: ``path`` is never left half-written."""
+    """``torch.save(payload, path)`` through :func:`atomic_write`: ``path`` is never left half-written.
+
+    Args:
+        payload: what to save (tensors, dicts, plain values).
+        path: the file to write (its folder must exist); an existing file is replaced.
+    """
     import torch
 
     return atomic_write(path, lambda f: torch.save(payload, f))
@@ -90,7 +104,13 @@ def atomic_torch_save(payload: object, path: str | os.PathLike) -> Path:
 def read_torch_file(path: str | os.PathLike, what: str, map_location: str | object = "cpu") -> object:
     """``torch.load(path, weights_only=True)`` with one clear ``ValueError`` naming ``what`` and the
     file when it is empty, truncated, corrupted (the zip checksums of ``torch.save`` are checked) or
-    not a torch file; ``FileNotFoundError`` when it is missing."""
+    not a torch file; ``FileNotFoundError`` when it is missing.
+
+    Args:
+        path: the file written by ``torch.save``.
+        what: what the file is, for the messages (e.g. "explainer file").
+        map_location: ``torch.load``'s ``map_location`` (default the CPU).
+    """
     import zipfile
 
     import torch
@@ -116,6 +136,39 @@ def read_torch_file(path: str | os.PathLike, what: str, map_location: str | obje
 
 
 def gist(error: BaseException) -> str:
-    """The first line of an error's message (and the next one when the first ends with a colon)."""
+    """The first line of an error's message (and the next one when the first ends with a colon).
+
+    Args:
+        error: the exception; its type's name stands in for an empty message.
+    """
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
     return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The parsed JSON of ``path``; FileNotFoundError / ValueError naming the file (``what`` says what it is)
+    and, for a file that stops in the middle of the JSON, that it looks truncated.
+
+    Args:
+        path: the JSON file (UTF-8, a BOM allowed).
+        what: what the file is, for the messages (e.g. "COCO annotation file").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{what} {str(path)!r} does not exist (or is not a file)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"{what} {str(path)!r} is not UTF-8 JSON text (byte {error.start} is 0x{error.object[error.start]:02x})"
+        ) from None
+    except OSError as error:
+        raise InputError(f"{what} {str(path)!r} cannot be read: {error}") from None
+    if not text.strip():
+        raise InputError(f"{what} {str(path)!r} is empty; expected JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        ends_early = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
+        hint = " (it ends early: truncated?)" if ends_early else ""
+        raise InputError(f"{what} {str(path)!r} is not valid JSON{hint}: {error}") from None

@@ -35,7 +35,13 @@ def silhouette(x: torch.Tensor, labels: torch.Tensor, live: torch.Tensor | None 
     """Mean silhouette of 2-group labellings: ``x`` [..., n, D] unit rows, ``labels`` [..., n] (0/1),
     ``live`` [..., n] the rows that count (default all). With the cosine distance ``1 - x_i . x_j``,
     per row ``(b - a) / max(a, b)``, a the mean distance to its own group (without itself) and b to
-    the other group; 0 for a row alone in its group. Returns [...] float64."""
+    the other group; 0 for a row alone in its group. Returns [...] float64.
+
+    Args:
+        x: [..., n, D] unit rows (computed in float64).
+        labels: [..., n] group labels, 0 or 1.
+        live: [..., n] bool, the rows that count; None: all of them.
+    """
     live = torch.ones_like(labels, dtype=torch.bool) if live is None else live
     distance = (1.0 - x.double() @ x.double().transpose(-1, -2)).clamp_min(0.0)
     pair = live[..., :, None] & live[..., None, :]
@@ -59,6 +65,8 @@ def split_in_two(embeddings: torch.Tensor, weights: torch.Tensor, centre: torch.
         embeddings: [K, P, D] unit embeddings of the filters' top images.
         weights: [K, P] their max activations (<= 0: not scored).
         centre: [D] the layer's mean embedding.
+        min_silhouette: the least mean silhouette (cosine distances, :func:`silhouette`) of a kept split.
+        min_share: the least share of a filter's scored images in each group (and at least 3 images).
     """
     K, P, _ = embeddings.shape
     live = weights > 0

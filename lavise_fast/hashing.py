@@ -20,7 +20,12 @@ __all__ = ["digest", "model_fingerprint", "file_digest", "json_digest"]
 
 
 def digest(*parts: object) -> str:
-    """SHA-1 (hex) of tensors (dtype, shape and bytes), modules (their state_dict) and reprs of anything else."""
+    """SHA-1 (hex) of tensors (dtype, shape and bytes), modules (their state_dict) and reprs of anything else.
+
+    Args:
+        *parts: what to hash, in order: tensors, modules, dicts of tensors (names and tensors) or any
+            value with a stable ``repr``.
+    """
     h = hashlib.sha1()
     for part in parts:
         if isinstance(part, torch.nn.Module):
@@ -39,12 +44,22 @@ def digest(*parts: object) -> str:
 
 
 def model_fingerprint(model: torch.nn.Module, *parts: object) -> str:
-    """SHA-1 of the model's class, its parameters and buffers, and ``parts``."""
+    """SHA-1 (hex) of the model's class, its parameters and buffers, and ``parts``.
+
+    Args:
+        model: the model; its class name and ``state_dict`` are hashed.
+        *parts: further values hashed after it (see :func:`digest`).
+    """
     return digest(type(model).__qualname__, model, parts)
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
-    """The first ``length`` hex digits of the SHA-1 of the file's bytes (read in 4 MiB blocks)."""
+    """The first ``length`` hex digits of the SHA-1 of the file's bytes (read in 4 MiB blocks).
+
+    Args:
+        path: the file to hash.
+        length: how many hex digits to keep (at most 40).
+    """
     h = hashlib.sha1()
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -53,5 +68,10 @@ def file_digest(path: str | Path, length: int = 16) -> str:
 
 
 def json_digest(value: object, length: int = 20) -> str:
-    """The first ``length`` hex digits of the SHA-1 of ``value`` as JSON with sorted keys."""
+    """The first ``length`` hex digits of the SHA-1 of ``value`` as JSON with sorted keys.
+
+    Args:
+        value: a JSON-serialisable value.
+        length: how many hex digits to keep (at most 40).
+    """
     return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]

@@ -9,7 +9,7 @@ position, so that a global pooling layer is never chosen.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,10 @@ __all__ = ["resolve_layer", "default_layer", "LayerFeatures", "layer_features"]
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """The (dotted name, module) of ``layer`` in ``model``.
+
+    Args:
+        model: the network.
+        layer: a dotted name from ``model.named_modules()`` or a submodule of ``model``.
 
     Raises:
         ValueError: ``layer`` is no module of ``model``; the message lists the nearest names.
@@ -51,14 +55,22 @@ class LayerFeatures:
 
         with LayerFeatures(model, ["layer3", "layer4"]) as tap:
             feats = tap(images)          # {"layer3": [N, C3, H3, W3], "layer4": [N, C4, H4, W4]}
+
+    Args:
+        model: the network to run.
+        layers: dotted names or modules (each looked up in ``model``), or a mapping {dotted name: module}
+            of layers already resolved (:func:`resolve_layer`), taken as they are; at least one.
+        stop_early: stop the forward pass once every wanted layer has run; False runs the whole model.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module], stop_early: bool = True) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | Mapping[str, nn.Module],
+                 stop_early: bool = True) -> None:
         if not layers:
             raise InputError("layers must name at least one layer")
         self.model = model
         self.stop_early = stop_early
-        self.layers = dict(resolve_layer(model, layer) for layer in layers)
+        self.layers = dict(layers) if isinstance(layers, Mapping) else dict(resolve_layer(model, layer)
+                                                                              for layer in layers)
         self._outputs: dict[str, torch.Tensor] = {}
         self._wanted: set[str] = set(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -86,7 +98,12 @@ class LayerFeatures:
     def __call__(self, images: torch.Tensor, only: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Runs the model on ``images`` and returns each layer's output (4-D ``[N, C, H, W]``);
         with ``only`` (names among the layers), the pass stops once those have run, and the dict
-        holds them (and any other layer that ran before them)."""
+        holds them (and any other layer that ran before them).
+
+        Args:
+            images: the model's input, e.g. [N, 3, H, W].
+            only: names among the layers to wait for; None: all of them.
+        """
         if not self._handles:
             raise RuntimeError("use LayerFeatures as a context manager: `with LayerFeatures(model, layers) as tap:`")
         wanted = set(self.layers) if only is None else set(only)
@@ -112,7 +129,13 @@ class LayerFeatures:
 
 @torch.no_grad()
 def layer_features(model: nn.Module, layer: str | nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The output [N, C, H, W] of one layer for a batch, without running the layers after it."""
+    """The output [N, C, H, W] of one layer for a batch, without running the layers after it.
+
+    Args:
+        model: the network.
+        layer: a dotted module name or a submodule of ``model``.
+        images: the input batch, e.g. [N, 3, H, W].
+    """
     with LayerFeatures(model, [layer]) as tap:
         return next(iter(tap(images).values()))
 
@@ -121,6 +144,10 @@ def layer_features(model: nn.Module, layer: str | nn.Module, images: torch.Tenso
 def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
     """The dotted name of the last module, in execution order, whose output for ``sample`` is 4-D
     with more than one spatial position (so never a global pooling layer).
+
+    Args:
+        model: the network; it runs once, in full, on ``sample``.
+        sample: an input batch, e.g. [1, 3, H, W] on the model's device.
 
     Raises:
         ValueError: no module gives such an output.
@@ -150,7 +177,12 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
 
 def model_device(model: nn.Module, device: torch.device | str | None = None) -> torch.device:
     """The device to run ``model`` on: ``device`` when given (the model must already be there),
-    else the device of its first parameter or buffer (the CPU for a model with neither)."""
+    else the device of its first parameter or buffer (the CPU for a model with neither).
+
+    Args:
+        model: the network.
+        device: the device asked for; None: the model's.
+    """
     tensors = [t for t in (*model.parameters(), *model.buffers())][:1]
     found = tensors[0].device if tensors else torch.device("cpu")
     if device is None:

@@ -1,5 +1,6 @@
-"""What a sweep needs of a target loader: its image batches, and loaders over a part of its
-dataset (the images after a checkpoint, the top images to re-run, a rank's share).
+"""What a sweep needs of a target loader: its image batches, and loaders over a part of its dataset.
+
+The parts: the images after a checkpoint, the top images to re-run, a rank's share.
 
 A loader yields float image batches [N, 3, H, W], or tuples/lists that start with one; an
 image's index is its position in iteration order. A ``DataLoader`` over a map-style dataset read
@@ -20,7 +21,11 @@ __all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "im
 
 
 def image_batch(batch) -> torch.Tensor:
-    """The image batch [N, 3, H, W] of a loader's item; TypeError naming what was found otherwise."""
+    """The image batch [N, 3, H, W] of a loader's item; TypeError naming what was found otherwise.
+
+    Args:
+        batch: what the loader yielded: a float tensor [N, 3, H, W], or a tuple or list starting with one.
+    """
     images = batch[0] if isinstance(batch, (tuple, list)) and len(batch) else batch
     if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
         found = repr(images)[:60]
@@ -32,12 +37,24 @@ def image_batch(batch) -> torch.Tensor:
 
 
 def batch_size_of(loader, default: int) -> int:
+    """The loader's ``batch_size`` when it is a positive int, else ``default``.
+
+    Args:
+        loader: any loader (a DataLoader has ``batch_size``; others may not).
+        default: the batch size to use otherwise.
+    """
     size = getattr(loader, "batch_size", None)
     return int(size) if isinstance(size, int) and size > 0 else default
 
 
 def is_sequential(loader) -> bool:
-    """A DataLoader over a sized map-style dataset, read in order in batches of ``batch_size``."""
+    """Whether ``loader`` is a DataLoader over a sized map-style dataset, read in order in batches of ``batch_size``.
+
+    Such a loader can be cut into parts (:func:`subset_loader`) without reading the rest.
+
+    Args:
+        loader: any loader.
+    """
     dataset = getattr(loader, "dataset", None)
     return (isinstance(loader, DataLoader) and not isinstance(dataset, IterableDataset)
             and hasattr(dataset, "__len__") and isinstance(loader.sampler, SequentialSampler)
@@ -45,14 +62,30 @@ def is_sequential(loader) -> bool:
 
 
 def subset_loader(loader: DataLoader, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
-    """A DataLoader like ``loader`` (collate, workers, pinning, drop_last) over ``dataset[indices]``, in order."""
+    """A DataLoader like ``loader`` (collate, workers, pinning, drop_last) over ``dataset[indices]``, in order.
+
+    Args:
+        loader: a DataLoader over a map-style dataset.
+        indices: the dataset positions to read, in the order given.
+        batch_size: the new loader's batch size; None: ``loader.batch_size``.
+    """
     return DataLoader(Subset(loader.dataset, indices), batch_size=batch_size or loader.batch_size, shuffle=False,
                       drop_last=loader.drop_last, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                       pin_memory=loader.pin_memory)
 
 
 def images_at(loader, wanted: list[int], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields (indices [n], images [n, 3, H, W]) for the sorted image positions ``wanted``."""
+    """Yields (indices [n] int64, images [n, 3, H, W]) for the sorted image positions ``wanted``.
+
+    Args:
+        loader: the target loader; a sequential one (:func:`is_sequential`) reads only the wanted images,
+            any other is iterated again from the start.
+        wanted: the image positions (in iteration order) to yield, sorted ascending.
+        batch_size: the batch size of the subset loader (used for a sequential loader only).
+
+    Raises:
+        InputError: a second iteration of ``loader`` ends before the last wanted image.
+    """
     if is_sequential(loader):
         start = 0
         for batch in subset_loader(loader, wanted, batch_size):
@@ -77,7 +110,16 @@ def images_at(loader, wanted: list[int], batch_size: int) -> Iterator[tuple[torc
 
 
 def batches_after(loader, batches: int, images: int) -> Iterable:
-    """The loader's batches after its first ``batches``, which held ``images`` images."""
+    """The loader's batches after its first ``batches``, which held ``images`` images.
+
+    Args:
+        loader: the target loader.
+        batches: how many batches were read already (0: the loader itself).
+        images: how many images those batches held.
+
+    Raises:
+        InputError: (when iterated) the loader's first ``batches`` batches now hold another number of images.
+    """
     if batches == 0:
         return loader
     if is_sequential(loader) and not loader.drop_last:

@@ -1,5 +1,4 @@
-"""ONNX export of a trained explainer head, optionally fused with the vocabulary scoring, and
-an onnxruntime runner for it.
+"""ONNX export of a trained explainer head (optionally fused with vocabulary scoring) and an onnxruntime runner.
 
 Two kinds of model, both with the input ``pooled`` [batch, C] float32 (dynamic batch axis):
 
@@ -35,6 +34,7 @@ from lavise_fast.errors import InputError, InputTypeError, MissingInputError, Mi
 from lavise_fast.explainer import Explainer
 from lavise_fast.files import atomic_write
 from lavise_fast.semantics import Vocabulary
+from lavise_fast.version import __version__
 
 __all__ = ["export_onnx", "OnnxHead", "FORMAT"]
 
@@ -100,15 +100,21 @@ def export_onnx(
     Raises ValueError for an explainer that was never trained, a vocabulary of another dimension
     or space, or ``top_k`` outside [1, len(vocabulary)]; ImportError naming the pip command when
     ``onnx``/``onnxscript`` are missing.
+
+    Args:
+        explainer: the trained explainer head (C = its ``channels``, D = its ``dim``).
+        path: the ONNX file to write (atomically).
+        vocabulary: the words to fuse into the graph (their unit vectors [V, D] become a constant);
+            None: a vocabulary-free model.
+        top_k: fused models only: how many words per row, in [1, V].
+        opset: the ONNX opset to write (default 18).
     """
     if not isinstance(explainer, Explainer):
         raise InputTypeError(f"explainer must be a lavise_fast.Explainer, got {type(explainer).__name__}")
     if not explainer.trained:
         raise InputError("this explainer was never trained; train_explainer(...) or Explainer.load(...) first")
     if vocabulary is not None:
-        from lavise_fast.explain import _vocabulary_for
-
-        _vocabulary_for(explainer, vocabulary)  # dimension and space
+        explainer.check_vocabulary(vocabulary)  # dimension and space
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(vocabulary.words):
             raise InputError(f"top_k must be an int in [1, {len(vocabulary.words)}] (the vocabulary's size), "
                              f"got {top_k!r}")
@@ -129,8 +135,6 @@ def export_onnx(
             output_names=outputs, dynamic_shapes={"pooled": {0: torch.export.Dim("batch")}}, verbose=False,
         )
     model = program.model_proto
-
-    from lavise_fast import __version__
 
     meta = {
         "format": FORMAT, "layer": explainer.layer, "channels": str(explainer.channels), "dim": str(explainer.dim),
@@ -169,7 +173,9 @@ class OnnxHead:
     ``fused``, ``top_k`` and ``words`` (fused models; None otherwise), ``providers`` (in use),
     ``metadata`` (all of the file's lavise_fast metadata, as strings).
 
-    ``providers`` default: :func:`default_providers`.
+    Args:
+        path: an ONNX file written by :func:`export_onnx`.
+        providers: onnxruntime execution providers, in order of preference; None: :func:`default_providers`.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
@@ -212,6 +218,11 @@ class OnnxHead:
                 f"{kind}, providers={self.providers})")
 
     def __call__(self, pooled: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The head's output for ``pooled``, on its device (see the class docstring).
+
+        Args:
+            pooled: pooled vectors [M, C], any device and float dtype (run as float32 on the CPU side).
+        """
         if not torch.is_tensor(pooled) or pooled.dim() != 2 or pooled.shape[1] != self.channels:
             found = tuple(pooled.shape) if torch.is_tensor(pooled) else type(pooled).__name__
             raise InputError(f"the ONNX head of layer {self.layer!r} ({self.path.name}) takes pooled vectors "

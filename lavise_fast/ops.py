@@ -9,16 +9,20 @@ has a backward: they are for inference over a frozen network.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
+from lavise_fast.errors import MissingPackageError
+
 try:
-    from lavise_fast import _C  # noqa: F401  (importing registers torch.ops.lavise_fast)
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
-        "lavise_fast._C, the compiled operator library, could not be loaded. Build it against the installed torch "
-        "with `pip install --no-build-isolation .` (or `python setup.py build_ext --inplace` in a checkout). "
-        f"Cause: {error}"
-    ) from error
+    importlib.import_module("lavise_fast._C")  # registers torch.ops.lavise_fast
+except ImportError as error:  # the package still imports; the first op call says how to build
+    _BUILD_ERROR: ImportError | None = error
+else:
+    _BUILD_ERROR = None
+
+BUILD_COMMAND = "pip install --no-build-isolation ."
 
 __all__ = [
     "spatial_max_topk",
@@ -30,12 +34,25 @@ __all__ = [
     "has_cuda_kernels",
 ]
 
-_ops = torch.ops.lavise_fast
+
+
+class _MissingLibrary:
+    """Stands in for ``torch.ops.lavise_fast`` when ``_C`` did not load: any op raises one clear error."""
+
+    def __getattr__(self, name: str):
+        raise MissingPackageError(
+            f"lavise_fast's compiled operator library (lavise_fast._C) is not built or does not load, so the op "
+            f"{name!r} cannot run. Build it against the installed torch with `{BUILD_COMMAND}` (or `python setup.py "
+            f"build_ext --inplace` in a checkout). Cause: {_BUILD_ERROR}"
+        ) from _BUILD_ERROR
+
+
+_ops = torch.ops.lavise_fast if _BUILD_ERROR is None else _MissingLibrary()
 
 
 def has_cuda_kernels() -> bool:
     """Whether this build of lavise_fast._C contains the CUDA kernels."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("lavise_fast::masked_pool", "CUDA")
+    return _BUILD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("lavise_fast::masked_pool", "CUDA")
 
 
 def spatial_max_topk(
@@ -54,6 +71,9 @@ def spatial_max_topk(
 
     Args:
         features: [N, C, H, W].
+        values: [C, P] float32, the running top-P maxima (updated in place).
+        indices: [C, P] int64, their image indices (updated in place).
+        base_index: the index of the batch's first image.
     Returns:
         maxima [N, C] float32.
     """
@@ -80,7 +100,11 @@ def attention_pool(
     features are finite).
 
     Args:
-        features: [N, C, H, W]. rows, filters: [M] int. thresholds: [C] (activation mode).
+        features: [N, C, H, W].
+        rows: [M] int, the image of each pooled vector.
+        filters: [M] int, the filter whose map weighs it.
+        mode: ``"projection"`` or ``"activation"``.
+        thresholds: [C] float32 (activation mode; None in projection mode).
     Returns:
         [M, C] float32.
     """
@@ -97,7 +121,9 @@ def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor)
     ``mean(x * mask)``: NaN propagates, and inf under a weight of 0 gives NaN.
 
     Args:
-        features: [N, C, h, w]. masks: [M, H, W]. rows: [M] int.
+        features: [N, C, h, w].
+        masks: [M, H, W] bool, uint8 or floating.
+        rows: [M] int, the image each mask belongs to.
     Returns:
         [M, C] float32.
     """
@@ -120,7 +146,10 @@ def upsample_iou(
     +inf and NaN turn on none (inter = 0, union = mask area).
 
     Args:
-        activations: [N, K, h, w]. thresholds: [K]. masks: [M, H, W] bool/uint8. rows: [M] int.
+        activations: [N, K, h, w].
+        thresholds: [K].
+        masks: [M, H, W] bool/uint8.
+        rows: [M] int, the image each mask belongs to.
     Returns:
         (inter, union), each [M, K] int64.
     """
@@ -138,7 +167,9 @@ def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torc
     enter: a query with fewer than k valid keys leaves its last slots empty (-inf / -1).
 
     Args:
-        queries: [R, D]. keys: [V, D]. k: 0 <= k <= V.
+        queries: [R, D].
+        keys: [V, D].
+        k: how many keys per query, 0 <= k <= V.
     Returns:
         (values [R, k] float32, indices [R, k] int64).
     """
@@ -156,6 +187,12 @@ def quantile_sketch_update(
     (count, min, max): a centroid holding -inf has mean -inf, else one holding +inf has mean
     +inf. See :class:`lavise_fast.stats.ChannelQuantiles`, which owns these tensors and reads
     quantiles from them.
+
+    Args:
+        features: [N, C, H, W].
+        means: [C, capacity] float64, the centroids' means (updated in place).
+        weights: [C, capacity] float64, their weights (updated in place).
+        summary: [C, 4] float64: count, nan_count, min, max (updated in place).
     """
     _ops.quantile_sketch_update.default(features, means, weights, summary)
 
@@ -164,44 +201,46 @@ def quantile_sketch_update(
 # Fake kernels: output shapes and dtypes only, for torch.compile and meta tensors.
 
 
-@torch.library.register_fake("lavise_fast::spatial_max_topk")
-def _(features, values, indices, base_index):
-    torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, H, W], got {features.dim()}-D")
-    torch._check(values.shape[0] == features.shape[1], lambda: "values must have one row per channel")
-    return features.new_empty((features.shape[0], features.shape[1]), dtype=torch.float32)
+def _register_fakes() -> None:
+    """Registers the fake kernels (only when ``_C`` loaded: the ops must exist)."""
+
+    @torch.library.register_fake("lavise_fast::spatial_max_topk")
+    def _(features, values, indices, base_index):
+        torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, H, W], got {features.dim()}-D")
+        torch._check(values.shape[0] == features.shape[1], lambda: "values must have one row per channel")
+        return features.new_empty((features.shape[0], features.shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake("lavise_fast::attention_pool")
+    def _(features, rows, filters, mode="projection", thresholds=None):
+        torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, H, W], got {features.dim()}-D")
+        torch._check(rows.shape[0] == filters.shape[0], lambda: "rows and filters must have the same length")
+        return features.new_empty((rows.shape[0], features.shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake("lavise_fast::masked_pool")
+    def _(features, masks, rows):
+        torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, h, w], got {features.dim()}-D")
+        torch._check(masks.dim() == 3, lambda: f"masks must be 3-D [M, H, W], got {masks.dim()}-D")
+        return features.new_empty((masks.shape[0], features.shape[1]), dtype=torch.float32)
+
+    @torch.library.register_fake("lavise_fast::upsample_iou")
+    def _(activations, thresholds, masks, rows):
+        torch._check(activations.dim() == 4, lambda: "activations must be 4-D [N, K, h, w]")
+        torch._check(masks.dim() == 3, lambda: "masks must be 3-D [M, H, W]")
+        shape = (masks.shape[0], activations.shape[1])
+        return activations.new_empty(shape, dtype=torch.int64), activations.new_empty(shape, dtype=torch.int64)
+
+    @torch.library.register_fake("lavise_fast::cosine_topk")
+    def _(queries, keys, k):
+        torch._check(queries.dim() == 2 and keys.dim() == 2, lambda: "queries and keys must be 2-D")
+        torch._check(k <= keys.shape[0], lambda: "k must be at most the number of keys")
+        shape = (queries.shape[0], k)
+        return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
+
+    @torch.library.register_fake("lavise_fast::quantile_sketch_update")
+    def _(features, means, weights, summary):
+        torch._check(features.dim() == 4, lambda: "features must be 4-D [N, C, H, W]")
+        return None
 
 
-@torch.library.register_fake("lavise_fast::attention_pool")
-def _(features, rows, filters, mode="projection", thresholds=None):
-    torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, H, W], got {features.dim()}-D")
-    torch._check(rows.shape[0] == filters.shape[0], lambda: "rows and filters must have the same length")
-    return features.new_empty((rows.shape[0], features.shape[1]), dtype=torch.float32)
-
-
-@torch.library.register_fake("lavise_fast::masked_pool")
-def _(features, masks, rows):
-    torch._check(features.dim() == 4, lambda: f"features must be 4-D [N, C, h, w], got {features.dim()}-D")
-    torch._check(masks.dim() == 3, lambda: f"masks must be 3-D [M, H, W], got {masks.dim()}-D")
-    return features.new_empty((masks.shape[0], features.shape[1]), dtype=torch.float32)
-
-
-@torch.library.register_fake("lavise_fast::upsample_iou")
-def _(activations, thresholds, masks, rows):
-    torch._check(activations.dim() == 4, lambda: "activations must be 4-D [N, K, h, w]")
-    torch._check(masks.dim() == 3, lambda: "masks must be 3-D [M, H, W]")
-    shape = (masks.shape[0], activations.shape[1])
-    return activations.new_empty(shape, dtype=torch.int64), activations.new_empty(shape, dtype=torch.int64)
-
-
-@torch.library.register_fake("lavise_fast::cosine_topk")
-def _(queries, keys, k):
-    torch._check(queries.dim() == 2 and keys.dim() == 2, lambda: "queries and keys must be 2-D")
-    torch._check(k <= keys.shape[0], lambda: "k must be at most the number of keys")
-    shape = (queries.shape[0], k)
-    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
-
-
-@torch.library.register_fake("lavise_fast::quantile_sketch_update")
-def _(features, means, weights, summary):
-    torch._check(features.dim() == 4, lambda: "features must be 4-D [N, C, H, W]")
-    return None
+if _BUILD_ERROR is None:
+    _register_fakes()

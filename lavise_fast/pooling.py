@@ -1,6 +1,7 @@
-"""Reference pooling: the frozen model runs once over a reference set and every region's
-features are pooled under its mask (``masked_pool``), in memory or in a memory-mapped ``.npy``
-cache keyed by the model's weights, shared by the ranks of a distributed run.
+"""Reference pooling: the frozen model runs once over a reference set, each region's features pooled under its mask.
+
+Pooling is ``masked_pool``; the vectors stay in memory or go to a memory-mapped ``.npy`` cache keyed
+by the model's weights, shared by the ranks of a distributed run.
 """
 
 from __future__ import annotations
@@ -61,8 +62,22 @@ def pool_reference(
     which every rank then maps, so no rank holds the set in memory; that needs a folder all ranks
     see (one machine, or a shared file system), and where rank 0 cannot see the other ranks'
     files the rows are gathered in memory instead and rank 0 writes the cache.
+
+    Args:
+        model: the frozen network (set to eval mode).
+        reference: a map-style dataset of reference items ``(image [3, H, W], masks [M, H, W] bool, labels)``.
+        layer: the layer to pool, a dotted module name or the module.
+        batch_size: reference items per forward pass.
+        cache: a ``.npy`` path for the vectors (its ``.json`` beside it); None: keep them in memory.
+        num_workers: the DataLoader's worker processes.
+        device: where the model runs (it must already be there); None: the device of its parameters.
+        distributed: share the pass among the ranks of the initialised process group (above).
+        progress: show a tqdm progress bar.
+
+    Raises:
+        InputError: the reference set holds no object, or an item is malformed (naming its batch).
     """
-    name = resolve_layer(model, layer)[0]
+    name, module = resolve_layer(model, layer)
     shard = current_shard() if distributed else None
     meta_path = key = None
     if cache is not None:
@@ -87,7 +102,7 @@ def pool_reference(
         raw = tempfile.NamedTemporaryFile(dir=cache.parent, prefix=f".{cache.name}.{part}", suffix=".raw")
     model.eval()
     try:
-        with LayerFeatures(model, [name]) as tap:
+        with LayerFeatures(model, {name: module}) as tap:
             batches = _reference_batches(loader, batch_size)
             for images, masks, rows, names in tqdm(batches, total=len(loader), desc="pooling reference",
                                                    disable=not progress):
@@ -198,8 +213,13 @@ def _in_item_order(vectors: list[torch.Tensor], labels: list[str], counts: list[
     return ([torch.cat(parts)] if parts else []), ordered
 
 
-def _all_readable(files: list[Path], sizes: list[int]) -> bool:
-    """Whether this process sees every file, each of its size in bytes (the ranks' row files)."""
+def shard_files_readable(files: list[Path], sizes: list[int]) -> bool:
+    """Whether this process sees every file, each of its size in bytes (the ranks' row files).
+
+    Args:
+        files: the ranks' row files.
+        sizes: the size in bytes each must have.
+    """
     return all(f.is_file() and f.stat().st_size == size for f, size in zip(files, sizes, strict=True))
 
 
@@ -216,7 +236,7 @@ def _merge_shard_files(raw: Path, labels: list[str], counts: list[torch.Tensor],
     written = None
     if current_shard().rank == 0 and ordered:
         files = [Path(path) for path, *_ in gathered]
-        written = _all_readable(files, [len(names) * channels * 4 for _, names, _, _ in gathered])
+        written = shard_files_readable(files, [len(names) * channels * 4 for _, names, _, _ in gathered])
         if written:
             rows = [np.memmap(f, dtype=np.float32, mode="r", shape=(len(names), channels)) if names else None
                     for f, (_, names, _, _) in zip(files, gathered, strict=True)]

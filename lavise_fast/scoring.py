@@ -95,7 +95,15 @@ def _pmi_pass(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tens
 def score_layer(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor,
                 scoring: str = DEFAULT_SCORING, s: int = 5) -> tuple[torch.Tensor, LayerBaseline]:
     """:func:`word_scores` [K, V] of every filter of a layer and the layer's baseline (over the pairs
-    with ``weights > 0``; the softmax means only for ``pmi``), in one pass over the pairs."""
+    with ``weights > 0``; the softmax means only for ``pmi``), in one pass over the pairs.
+
+    Args:
+        embeddings: [K, P, D] unit embeddings of each filter's top images.
+        weights: [K, P] the images' weights (max activations); <= 0: not scored.
+        words: [V, D] unit word vectors.
+        scoring: one of :data:`SCORINGS`.
+        s: ``vote`` only: the words each image votes for.
+    """
     live = weights > 0
     mean, std = _moments(embeddings, live, words)
     pmi = None
@@ -119,6 +127,8 @@ def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
         scoring: one of :data:`SCORINGS`.
         s: ``vote`` only: the words each image votes for.
         baseline: the layer's baseline (default: computed from these pairs, :func:`score_layer`).
+        _chosen: internal: ``pmi``'s per-filter mean softmax probabilities [K, V] float64 when
+            :func:`score_layer` has them already (None: computed).
     """
     if scoring not in SCORINGS:
         raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
@@ -152,7 +162,12 @@ def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
 
 def ranked_words(scores: torch.Tensor, num_words: int) -> list[list[tuple[int, float]]]:
     """Per filter, the ``num_words`` best (word index, score) with a finite score, best first, ties
-    to the smaller index."""
+    to the smaller index.
+
+    Args:
+        scores: [K, V] word scores (:func:`word_scores`); ``-inf`` / NaN: no score, left out.
+        num_words: how many words to keep per filter (at most V).
+    """
     V = scores.shape[1]
     n = min(num_words, V)
     order = torch.sort(scores, dim=1, descending=True, stable=True)  # stable: equal scores keep index order

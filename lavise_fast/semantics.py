@@ -38,6 +38,7 @@ from lavise_fast.cache import cache_dir
 from lavise_fast.errors import InputError, InputTypeError, MissingInputError, MissingPackageError, UnknownWordError
 from lavise_fast.files import atomic_write
 from lavise_fast.hashing import file_digest
+from lavise_fast.validate import positive_int
 
 __all__ = ["WordSpace", "SentenceEncoder", "default_space", "Static", "GloVe", "Vocabulary"]
 
@@ -60,13 +61,25 @@ class WordSpace(Protocol):
 
     def __contains__(self, word: object) -> bool: ...
 
-    def encode(self, words: Iterable[str]) -> torch.Tensor: ...
+    def encode(self, words: Iterable[str]) -> torch.Tensor:
+        """Unit rows [len(words), dim] float32 on the CPU, one per word, in order.
+
+        Args:
+            words: the words (or phrases) to embed; the space must know each one.
+        """
+        ...
 
 
 class Static:
     """An in-memory word space: ``words`` [V] and ``vectors`` [V, D] (rows are unit-normalised).
 
-    A duplicate word keeps its first vector.
+    A duplicate word keeps its first vector. A word not in the table is looked up in lower case, then,
+    for a phrase ("traffic light", "traffic_light"), as the normalised mean of its parts' vectors.
+
+    Args:
+        words: the table's words, non-empty strings.
+        vectors: [V, D] their vectors, finite (a tensor or an array; stored as float32 unit rows).
+        name: the space's name, recorded by explainers.
     """
 
     def __init__(self, words: Sequence[str], vectors: torch.Tensor | np.ndarray, name: str = "static") -> None:
@@ -108,7 +121,11 @@ class Static:
         return self._row(word) is not None
 
     def encode(self, words: Iterable[str]) -> torch.Tensor:
-        """Unit vectors [len(words), D] of ``words``; KeyError naming the words the space lacks."""
+        """Unit vectors [len(words), D] float32 of ``words``; KeyError naming the words the space lacks.
+
+        Args:
+            words: the words (or phrases of known words) to embed.
+        """
         words = list(words)
         rows = [self._row(w) for w in words]
         missing = [w for w, r in zip(words, rows, strict=True) if r is None]
@@ -122,6 +139,9 @@ def read_word_vectors(path: Path) -> tuple[list[str], np.ndarray]:
     UTF-8 (a byte-order mark is ignored). D is set by the header or the first line. A word may hold
     spaces (``glove.840B`` has a few): the last D fields of a line are its vector. Blank lines are
     ignored; a repeated word keeps its first vector and a blank word is dropped, both with a warning.
+
+    Args:
+        path: the text file.
 
     Raises:
         ValueError: naming the file and line of the first malformed line (not UTF-8, too few fields,
@@ -222,6 +242,10 @@ class GloVe(Static):
     ``cache=False`` never writes. The text is read by :func:`read_word_vectors`: a malformed file
     raises ``ValueError`` naming the file and line, duplicate words keep their first vector (with a
     warning). A cache that cannot be read back is logged, ignored and rewritten.
+
+    Args:
+        path: the GloVe or word2vec text file (UTF-8); the space's name is ``GloVe(<file name>)``.
+        cache: write the ``.npy`` cache beside the file after a parse (a cache already there is read either way).
     """
 
     def __init__(self, path: str | os.PathLike, cache: bool = True) -> None:
@@ -286,7 +310,14 @@ def _model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save_npz(f, words: list[str], vectors: np.ndarray) -> None:
+def save_word_vectors(f, words: list[str], vectors: np.ndarray) -> None:
+    """Writes the word-vector cache file (``.npz``: format, ``words`` [V] str, ``vectors`` [V, D]) to ``f``.
+
+    Args:
+        f: a path or a binary file object.
+        words: the V words.
+        vectors: [V, D] float32.
+    """
     np.savez(f, format=np.int64(_CACHE_FORMAT), words=np.asarray(words, dtype=str), vectors=vectors)
 
 
@@ -325,8 +356,7 @@ class SentenceEncoder:
         name: str | None = None,
         progress: bool = False,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+        positive_int("batch_size", batch_size)
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise InputError(f"name must be a non-empty string or None, got {name!r}")
         self.device = torch.device(device)
@@ -396,6 +426,9 @@ class SentenceEncoder:
         single ``str`` is one word). Words met before (this instance, or this set of words in the disk
         cache) do not run the model; the others run it in one batched call.
 
+        Args:
+            words: the words or phrases to embed, non-empty strings (a single ``str`` is one word).
+
         Raises:
             ValueError: naming the index and value of the first word that is not a non-empty string.
         """
@@ -418,11 +451,11 @@ class SentenceEncoder:
             self._memo.update(zip(unique, cached, strict=True))
             return
         todo = [w for w in unique if w not in self._memo]
-        self._memo.update(zip(todo, self._embed(todo), strict=True))
+        self._memo.update(zip(todo, self.run_model(todo), strict=True))
         vectors = torch.stack([self._memo[w] for w in unique]).numpy()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: _save_npz(f, unique, vectors))
+            atomic_write(path, lambda f: save_word_vectors(f, unique, vectors))
         except OSError as error:
             log.warning("could not cache %d embeddings in %s (%s); they will be computed again",
                         len(unique), path, error)
@@ -472,8 +505,12 @@ class SentenceEncoder:
             self._model = model
             return model
 
-    def _embed(self, words: list[str]) -> torch.Tensor:
-        """Runs the model: unit rows [len(words), dim] float32 on the CPU."""
+    def run_model(self, words: list[str]) -> torch.Tensor:
+        """Runs the model on ``words``, past every cache: unit rows [len(words), dim] float32 on the CPU.
+
+        Args:
+            words: the words or phrases to embed.
+        """
         model = self._load()
         start = time.perf_counter()
         with torch.inference_mode():
@@ -514,7 +551,13 @@ def default_space() -> SentenceEncoder:
 class Vocabulary:
     """The words an explainer answers with (``words``, list of distinct non-empty str) and their unit
     vectors (``vectors`` [V, D] float32, finite) in one space, named ``space`` ("" when unknown);
-    ``explain`` refuses a vocabulary whose space is not the explainer's."""
+    ``explain`` refuses a vocabulary whose space is not the explainer's.
+
+    Args:
+        words: the words, distinct non-empty strings (:meth:`from_words` cleans a raw list).
+        vectors: [V, D] their vectors, finite (stored as float32 unit rows).
+        space: the name of the word space the vectors come from ("" when unknown).
+    """
 
     def __init__(self, words: Sequence[str], vectors: torch.Tensor, space: str = "") -> None:
         if isinstance(words, str):
@@ -545,6 +588,10 @@ class Vocabulary:
         compared as given: no case folding, no Unicode normalisation; any UTF-8 word works in a
         space that knows it (:class:`SentenceEncoder` knows every word). The words ``space`` lacks
         are skipped with a warning that counts them and names the first ten.
+
+        Args:
+            words: the candidate words (e.g. every label of a reference set), in order.
+            space: the word space to embed them in (its ``name`` becomes the vocabulary's ``space``).
 
         Raises:
             TypeError: ``words`` is a single string, or holds something that is not a string.

@@ -13,8 +13,10 @@ import math
 
 import torch
 
-from lavise_fast import _reference, ops
+from lavise_fast import ops
 from lavise_fast.errors import InputError
+from lavise_fast.merges import merge_ranked, merge_sketches
+from lavise_fast.validate import int_at_least, positive_int
 
 __all__ = ["TopImages", "ChannelQuantiles"]
 
@@ -31,21 +33,27 @@ class TopImages:
     their position in the stream unless ``update`` is given ``base_index``. NaN positions are
     ignored and an image whose map is all NaN never enters; +-inf maxima are values (see
     :func:`lavise_fast.ops.spatial_max_topk`).
+
+    Args:
+        num_channels: C, at least 1.
+        k: how many images to keep per channel, at least 0.
+        device: where the state lives (None: the CPU); it follows the features' device on ``update``.
     """
 
     def __init__(self, num_channels: int, k: int, device: torch.device | str | None = None) -> None:
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise InputError(f"num_channels must be a positive int, got {num_channels!r}")
-        if not isinstance(k, int) or k < 0:
-            raise InputError(f"k must be a non-negative int, got {k!r}")
-        self.num_channels, self.k = num_channels, k
+        self.num_channels, self.k = positive_int("num_channels", num_channels), int_at_least("k", k, 0)
         dev = _device(device)
         self.values = torch.full((num_channels, k), -math.inf, dtype=torch.float32, device=dev)
         self.indices = torch.full((num_channels, k), -1, dtype=torch.int64, device=dev)
         self.seen = 0
 
     def update(self, features: torch.Tensor, base_index: int | None = None) -> torch.Tensor:
-        """Adds a batch [N, C, H, W]; returns its spatial maxima [N, C] float32."""
+        """Adds a batch [N, C, H, W]; returns its spatial maxima [N, C] float32.
+
+        Args:
+            features: the batch's feature maps [N, C, H, W].
+            base_index: the stream index of the batch's first image; None: the number of images seen so far.
+        """
         if features.dim() != 4 or features.shape[1] != self.num_channels:
             raise InputError(
                 f"features must have shape [N, {self.num_channels}, H, W], got {tuple(features.shape)}"
@@ -58,12 +66,16 @@ class TopImages:
 
     def merge(self, other: TopImages) -> TopImages:
         """Folds in another stream's state (same channels and k); the result is the one a
-        single stream over both would give. Returns self."""
+        single stream over both would give. Returns self.
+
+        Args:
+            other: the other stream's state, on any device.
+        """
         if (other.num_channels, other.k) != (self.num_channels, self.k):
             raise InputError(
                 f"cannot merge TopImages({other.num_channels}, {other.k}) into TopImages({self.num_channels}, {self.k})"
             )
-        v, i = _reference.merge_ranked(
+        v, i = merge_ranked(
             self.values, self.indices, other.values.to(self.values.device), other.indices.to(self.values.device), self.k
         )
         self.values.copy_(v)
@@ -72,6 +84,11 @@ class TopImages:
         return self
 
     def to(self, device: torch.device | str) -> TopImages:
+        """Moves the state to ``device``. Returns self.
+
+        Args:
+            device: the device to move to.
+        """
         self.values, self.indices = self.values.to(device), self.indices.to(device)
         return self
 
@@ -88,14 +105,16 @@ class ChannelQuantiles:
     number of NaN (ignored), the min and the max. Memory is ``capacity * 16`` bytes per
     channel whatever the number of images. Singletons are exact: while a channel has seen
     fewer values than about ``capacity / 2`` the quantiles equal ``torch.quantile``'s.
+
+    Args:
+        num_channels: C, at least 1.
+        capacity: the most centroids per channel, at least 8.
+        device: where the state lives (None: the CPU); it follows the features' device on ``update``.
     """
 
     def __init__(self, num_channels: int, capacity: int = 1024, device: torch.device | str | None = None) -> None:
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise InputError(f"num_channels must be a positive int, got {num_channels!r}")
-        if not isinstance(capacity, int) or capacity < 8:
-            raise InputError(f"capacity must be an int >= 8, got {capacity!r}")
-        self.num_channels, self.capacity = num_channels, capacity
+        self.num_channels = positive_int("num_channels", num_channels)
+        self.capacity = int_at_least("capacity", capacity, 8)
         dev = _device(device)
         self.means = torch.zeros(num_channels, capacity, dtype=torch.float64, device=dev)
         self.weights = torch.zeros_like(self.means)
@@ -114,7 +133,11 @@ class ChannelQuantiles:
         return self.summary[:, 1]
 
     def update(self, features: torch.Tensor) -> None:
-        """Adds every position of a batch [N, C, H, W]."""
+        """Adds every position of a batch [N, C, H, W].
+
+        Args:
+            features: the batch's feature maps [N, C, H, W].
+        """
         if features.dim() != 4 or features.shape[1] != self.num_channels:
             raise InputError(
                 f"features must have shape [N, {self.num_channels}, H, W], got {tuple(features.shape)}"
@@ -123,14 +146,18 @@ class ChannelQuantiles:
         ops.quantile_sketch_update(features, self.means, self.weights, self.summary)
 
     def merge(self, other: ChannelQuantiles) -> ChannelQuantiles:
-        """Folds in another sketch of the same channels and capacity. Returns self."""
+        """Folds in another sketch of the same channels and capacity. Returns self.
+
+        Args:
+            other: the other stream's sketch, on any device.
+        """
         if (other.num_channels, other.capacity) != (self.num_channels, self.capacity):
             raise InputError(
                 f"cannot merge ChannelQuantiles({other.num_channels}, capacity={other.capacity}) into "
                 f"ChannelQuantiles({self.num_channels}, capacity={self.capacity})"
             )
         dev = self.means.device
-        _reference.quantile_sketch_merge(
+        merge_sketches(
             self.means, self.weights, self.summary, other.means.to(dev), other.weights.to(dev), other.summary.to(dev)
         )
         return self
@@ -144,6 +171,9 @@ class ChannelQuantiles:
         NaN values were ignored (see :attr:`nan_count`); +-inf are values: a quantile between
         -inf and anything is -inf, one between a number and +inf is +inf (``torch.quantile``
         gives NaN there).
+
+        Args:
+            q: the quantile, in [0, 1].
         """
         if not 0.0 <= float(q) <= 1.0:
             raise InputError(f"q must lie in [0, 1], got {q!r}")
@@ -173,6 +203,11 @@ class ChannelQuantiles:
         return torch.where(total > 0, est, torch.full_like(est, math.nan)).float()
 
     def to(self, device: torch.device | str) -> ChannelQuantiles:
+        """Moves the state to ``device``. Returns self.
+
+        Args:
+            device: the device to move to.
+        """
         self.means, self.weights, self.summary = (t.to(device) for t in (self.means, self.weights, self.summary))
         return self
 

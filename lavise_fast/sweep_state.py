@@ -28,6 +28,11 @@ class TopPairs:
     pairs that enter and leave again are never scored. Scored pairs keep their unit embedding:
     per filter, image -> (embedding [D], or None when it was not finite; weight). How the
     embeddings become words is :mod:`lavise_fast.scoring`'s job, at the end of the sweep.
+
+    Args:
+        channels: C, the layer's filter count (also the pooled vectors' length).
+        head: the explainer head: pooled vectors [R, C] -> embeddings [R, D].
+        budget_bytes: the memory of stashed pooled vectors (float32 [R, C]) before the stash is pruned, then scored.
     """
 
     def __init__(self, channels: int, head, budget_bytes: int = 64 << 20) -> None:
@@ -42,7 +47,15 @@ class TopPairs:
 
     def add(self, filt: torch.Tensor, images: torch.Tensor, weights: torch.Tensor, z: torch.Tensor,
             tops: TopImages | None = None) -> None:
-        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C]."""
+        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C].
+
+        Args:
+            filt: [M] int64 the pairs' filters.
+            images: [M] int64 their image indices.
+            weights: [M] their weights (the image's max activation of the filter).
+            z: [M, C] their pooled vectors.
+            tops: the layer's top images, to prune the stash with when it outgrows the budget; None: no pruning.
+        """
         self.stash_parts.append((filt, images, weights.float(), z.float()))
         self.stash_rows += len(filt)
         if self.stash_rows > self.budget_rows:
@@ -57,7 +70,11 @@ class TopPairs:
         return tuple(parts)
 
     def prune(self, tops: TopImages) -> None:
-        """Drops the stashed pairs that are no longer among their filter's top images."""
+        """Drops the stashed pairs that are no longer among their filter's top images.
+
+        Args:
+            tops: the layer's current top images.
+        """
         if not self.stash_parts:
             return
         filt, images, weights, z = self._stash()
@@ -82,7 +99,12 @@ class TopPairs:
             self.pairs[k][image] = (row.clone() if ok else None, weight)
 
     def forget(self, tops: TopImages, filters: list[int]) -> None:
-        """Drops the scored pairs of ``filters`` that are no longer among their top images."""
+        """Drops the scored pairs of ``filters`` that are no longer among their top images.
+
+        Args:
+            tops: the layer's current top images.
+            filters: the filters to clean up.
+        """
         for k in filters:
             if self.pairs[k]:
                 keep = set(tops.indices[k].tolist())
@@ -92,7 +114,14 @@ class TopPairs:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings [K, P, dim], weights [K, P]) of ``filters`` over their top images ``images``
         [K, P] (-1: an empty slot); a slot with no scored pair, a non-finite embedding or a weight
-        <= 0 gets weight 0 (it does not count)."""
+        <= 0 gets weight 0 (it does not count).
+
+        Args:
+            filters: the K filters, in row order.
+            images: [K, P] their top images' indices (-1: an empty slot).
+            dim: D, the embeddings' dimension.
+            device: where to build the tensors.
+        """
         K, P = images.shape
         embeddings = torch.zeros(K, P, dim, device=device)
         weights = torch.zeros(K, P, device=device)
@@ -131,7 +160,13 @@ class TopPairs:
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device, merge: bool = False) -> None:
-        """Restores :meth:`state_dict` (or, with ``merge``, adds its pairs to these, for disjoint images)."""
+        """Restores :meth:`state_dict` (or, with ``merge``, adds its pairs to these, for disjoint images).
+
+        Args:
+            state: what :meth:`state_dict` returned.
+            device: where the restored embeddings and stash go.
+            merge: add to the current pairs instead of replacing them.
+        """
         if not merge:
             self.pairs = [{} for _ in self.pairs]
             self.stash_parts, self.stash_rows, self.non_finite = [], 0, 0
@@ -153,7 +188,12 @@ def default_stash_bytes(channels: int, top_images: int) -> int:
     for a pooled vector of every (filter, top image) pair, so that pruning alone keeps the stash
     within it and only the pairs that end among the top images are ever scored (the head costs
     C * C multiply-adds a pair: for ResNet-50 ``layer4`` the 51,200 final pairs cost about as much
-    as 60 forward passes)."""
+    as 60 forward passes).
+
+    Args:
+        channels: C, the layer's filter count.
+        top_images: P, the top images kept per filter.
+    """
     return max(64 << 20, channels * top_images * channels * 4)
 
 
@@ -166,6 +206,18 @@ class LayerSweep:
     ``stash_bytes``: the memory of pooled vectors awaiting scoring (default
     :func:`default_stash_bytes`); a smaller stash is scored more often, pairs that later leave the
     top images included.
+
+    Args:
+        name: the layer's dotted name.
+        head: the explainer head: pooled vectors [R, C] -> embeddings [R, D].
+        method: how a pair is pooled: "projection" or "activation" (``ops.attention_pool``), "original"
+            (the plain spatial mean), or another method (e.g. "image"), scored by a re-run of the top images.
+        top_images: P, the top images kept per filter.
+        channels: C, the layer's filter count.
+        chosen: the filters to explain.
+        given: [C] the thresholds the caller gave (``activation`` pools with them in the pass); None: none.
+        device: where the state lives.
+        stash_bytes: the memory of pooled vectors awaiting scoring; None: :func:`default_stash_bytes`.
     """
 
     def __init__(self, name: str, head, method: str, top_images: int, channels: int, chosen: list[int],
@@ -181,7 +233,12 @@ class LayerSweep:
         self.device = device
 
     def update(self, features: torch.Tensor, base: int) -> None:
-        """Adds a batch of features [N, C, h, w] whose images have the indices base, ..., base + N - 1."""
+        """Adds a batch of features [N, C, h, w] whose images have the indices base, ..., base + N - 1.
+
+        Args:
+            features: the layer's output for the batch, [N, C, h, w].
+            base: the index of the batch's first image.
+        """
         tops, pairs = self.tops, self.pairs
         tops.update(features, base)
         self.quantiles.update(features)
@@ -207,7 +264,11 @@ class LayerSweep:
 
     def state_dict(self, image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The whole state on the CPU; ``image_index`` [n] maps the image indices used so far
-        (0..n-1, e.g. a rank's positions in its shard) to other ones (the global indices)."""
+        (0..n-1, e.g. a rank's positions in its shard) to other ones (the global indices).
+
+        Args:
+            image_index: [n] int64, new index of each image index used so far; None: indices kept.
+        """
         indices = self.tops.indices.cpu()
         pairs = self.pairs.state_dict()
         if image_index is not None:
@@ -223,7 +284,12 @@ class LayerSweep:
     def load_state_dict(self, state: dict[str, torch.Tensor], merge: bool = False) -> None:
         """Restores :meth:`state_dict`, or with ``merge`` folds in the state of a disjoint image set
         (image indices in the same numbering): top images and sketch merge, pairs are added and
-        those no longer among the top images dropped."""
+        those no longer among the top images dropped.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+            merge: fold it into the current state instead of replacing it.
+        """
         other = self._stats_from(state)
         if merge:
             self.tops.merge(other[0])

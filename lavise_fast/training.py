@@ -74,6 +74,28 @@ def train_explainer(
     embedding can put one a margin of 1 above the other and the hinge never rests; 0.1 ranked
     the demo's seen and unseen colours markedly better (bench/RESULTS.md). ``unit_input``
     (:class:`Explainer`): pooled vectors scaled to unit length before the head.
+
+    Args:
+        model: the frozen network.
+        reference: a map-style dataset of reference items ``(image [3, H, W], masks [M, H, W] bool, labels)``.
+        layer: the layer to explain, a dotted module name or the module.
+        space: the word space (``encode`` and ``name``); label words it lacks are dropped.
+        anno_rate: the share of the label words that are seen, in (0, 1] (ignored when ``seen`` is given).
+        epochs: passes over the training regions, at least 1.
+        batch_size: the largest batch of regions per step (see above).
+        lr: Adam's initial learning rate.
+        device: where the model and the head run (the model must already be there); None: the model's device.
+        seed: seeds the seen-word draw, the split, the shuffles, the head's initialisation and dropout.
+        feature_cache: a ``.npy`` path for the pooled vectors (see :func:`pool_reference`); None: in memory.
+        distributed: share the pooling pass with the ranks of the initialised process group; every rank
+            returns rank 0's head.
+        progress: show tqdm progress bars.
+        seen: the seen words (those labelling no region are dropped with a warning); None: a seeded draw.
+        margin: the CSMR margin (:func:`csmr_loss`).
+        unit_input: scale pooled vectors to unit length before the head.
+
+    Returns:
+        The trained explainer, in eval mode on the CPU.
     """
     if not 0.0 < anno_rate <= 1.0:
         raise InputError(f"anno_rate must lie in (0, 1], got {anno_rate}")

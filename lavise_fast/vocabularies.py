@@ -1,5 +1,7 @@
-"""Word lists: the ones shipped with the package (from the official LaViSE repository, MIT licence:
-``lavise_fast/data/LICENSE-LaViSE-data.txt``) and :func:`read_word_list` for your own.
+"""Word lists: the ones shipped with the package, and :func:`read_word_list` for your own.
+
+The shipped lists come from the official LaViSE repository (MIT licence:
+``lavise_fast/data/LICENSE-LaViSE-data.txt``).
 
 A word-list file is UTF-8 text (a byte-order mark is ignored), one word or phrase per line
 ("traffic light" is one entry). Surrounding blanks are stripped and blank lines ignored; a word that
@@ -39,6 +41,9 @@ def _unique_lines(lines: Iterable[str]) -> tuple[list[str], dict[str, list[int]]
 
 def read_word_list(path: str | os.PathLike) -> list[str]:
     """The words of a word-list file (module docstring), in file order.
+
+    Args:
+        path: the word-list file: UTF-8 text, one word or phrase per line.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

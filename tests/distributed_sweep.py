@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import sweep_setup as setup  # noqa: E402
 
 import lavise_fast.pooling as pooling_module  # noqa: E402
-from lavise_fast.explain import explain  # noqa: E402
+from lavise_fast.sweep import explain  # noqa: E402
 
 # name: (images, batch size, layers, method). The sizes give no process a batch of one image: oneDNN
 # convolves a single image by another path whose float rounding differs, and the features of an
@@ -56,7 +56,7 @@ def main() -> None:
     # see the other rank's file (another machine), which gathers the rows in memory instead.
     for name in ("merged", "gathered"):
         if name == "gathered" and dist.get_rank() == 0:
-            pooling_module._all_readable = lambda files, sizes: False
+            pooling_module.shard_files_readable = lambda files, sizes: False
         rows, names, _ = setup.pooled(distributed=True, cache=f"{args.out}.{name}.npy")
         rows_now = torch.as_tensor(np.array(rows) if isinstance(rows, np.ndarray) else rows)
         cached[name] = {"type": type(rows).__name__, "vectors": rows_now, "labels": names}

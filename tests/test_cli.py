@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lavise_fast import cli
-from lavise_fast.explain import ExplainResult
+from lavise_fast import cli, models
+from lavise_fast.result import ExplainResult
 
 COMMANDS = ["demo", "train", "explain", "evaluate", "report", "compare", "export-onnx"]
 WORLD = ["--world", "24", "--world-image-size", "32", "--world-objects", "1", "2"]
@@ -301,7 +301,7 @@ def test_torchvision_model_with_weights(capsys, tmp_path, files, explainer_file)
     model = torchvision.models.get_model("squeezenet1_1", weights=None, num_classes=5)
     weights = tmp_path / "squeeze.pth"
     torch.save({"state_dict": model.state_dict()}, weights)
-    loaded = cli.load_model("squeezenet1_1", str(weights))
+    loaded = models.load_model("squeezenet1_1", str(weights))
     assert loaded.classifier[1].out_channels == 5
     explainer = tmp_path / "e.pt"
     code, out, _ = run(capsys, "train", "--model", "squeezenet1_1", "--weights", str(weights), "--layer",

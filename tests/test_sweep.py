@@ -16,7 +16,7 @@ import pytest
 import sweep_setup as setup
 import torch
 
-from lavise_fast.explain import explain
+from lavise_fast.sweep import explain
 
 HERE = Path(__file__).parent
 
@@ -78,7 +78,7 @@ KILLED_SWEEP = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import sweep_setup as setup
-    from lavise_fast.explain import explain
+    from lavise_fast.sweep import explain
     dataset = setup.RandomImages({n}, stall_at={stall}, marker={marker!r})
     explain(setup.tiny_model(), setup.loader(dataset), setup.explainers(), layer=setup.LAYERS,
             vocabulary=setup.vocabulary(), top_images=4, words_per_image=3, method={method!r},

@@ -9,12 +9,15 @@ batching of items.
 - :class:`ConceptWorld`: the embedded procedural world (shapes, colours, patterns, backgrounds),
   the default reference set; exportable to COCO.
 - :func:`collate_reference`: a DataLoader ``collate_fn`` for reference items.
+- :class:`ImageFolder` (every image under a folder) and :class:`ImagesOf` (the images of reference
+  items): target sets of images only, what :func:`lavise_fast.explain` reads.
 
 The word lists shipped with the package (``*.txt`` here) are read by :mod:`lavise_fast.vocabularies`.
 """
 
 from lavise_fast.data.coco import CocoInstances
 from lavise_fast.data.collate import collate_reference
+from lavise_fast.data.folders import ImageFolder, ImagesOf
 from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ReferenceTransform, TargetTransform
 from lavise_fast.data.visual_genome import VisualGenomeObjects
 from lavise_fast.data.world import ConceptWorld
@@ -28,4 +31,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ConceptWorld",
+    "ImageFolder",
+    "ImagesOf",
 ]

@@ -1,8 +1,7 @@
-"""Helpers shared by the reference loaders: reading files with errors that name them, box masks."""
+"""Helpers shared by the reference loaders: reading images with errors that name them, box masks."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -16,31 +15,16 @@ from PIL import Image, UnidentifiedImageError
 from lavise_fast.errors import InputError, MissingInputError
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """The parsed JSON of ``path``; FileNotFoundError / ValueError naming the file (``what`` says what it is)
-    and, for a file that stops in the middle of the JSON, that it looks truncated."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{what} {str(path)!r} does not exist (or is not a file)")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(
-            f"{what} {str(path)!r} is not UTF-8 JSON text (byte {error.start} is 0x{error.object[error.start]:02x})"
-        ) from None
-    except OSError as error:
-        raise InputError(f"{what} {str(path)!r} cannot be read: {error}") from None
-    if not text.strip():
-        raise InputError(f"{what} {str(path)!r} is empty; expected JSON")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        ends_early = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
-        hint = " (it ends early: truncated?)" if ends_early else ""
-        raise InputError(f"{what} {str(path)!r} is not valid JSON{hint}: {error}") from None
-
-
 def check_dir(path: str | os.PathLike, argument: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, refused unless it is an existing folder.
+
+    Args:
+        path: the folder to check.
+        argument: the argument's name, for the error message.
+
+    Raises:
+        MissingInputError: ``path`` does not exist or is not a folder.
+    """
     path = Path(path)
     if not path.is_dir():
         raise MissingInputError(f"{argument} {str(path)!r} does not exist (or is not a directory)")
@@ -48,7 +32,15 @@ def check_dir(path: str | os.PathLike, argument: str) -> Path:
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """The image at ``path`` as an RGB PIL image, fully read; errors name the file."""
+    """The image at ``path`` as an RGB PIL image, fully read; errors name the file.
+
+    Args:
+        path: the image file.
+
+    Raises:
+        MissingInputError: there is no file at ``path``.
+        InputError: the file does not decode as an image.
+    """
     if not path.is_file():
         raise MissingInputError(f"image file {str(path)!r} does not exist")
     try:
@@ -62,6 +54,14 @@ BAD_IMAGE_POLICIES = ("skip", "raise")
 
 
 def check_bad_image_policy(on_bad_image: str) -> str:
+    """``on_bad_image``, refused unless it is one of ``BAD_IMAGE_POLICIES`` ("skip", "raise").
+
+    Args:
+        on_bad_image: what a loader does with an image that does not decode.
+
+    Raises:
+        InputError: another value.
+    """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise InputError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
     return on_bad_image
@@ -69,7 +69,13 @@ def check_bad_image_policy(on_bad_image: str) -> str:
 
 def read_image(path: Path, index: int, on_bad_image: str) -> Image.Image | None:
     """:func:`open_rgb`, except that with ``on_bad_image="skip"`` a file that exists but does not decode
-    gives a warning naming it and None (a missing file always raises: it means a wrong folder)."""
+    gives a warning naming it and None (a missing file always raises: it means a wrong folder).
+
+    Args:
+        path: the image file.
+        index: the item's index in its dataset, named in the warning.
+        on_bad_image: "skip" (warn, give None) or "raise" for a file that does not decode.
+    """
     try:
         return open_rgb(path)
     except ValueError as error:
@@ -81,7 +87,17 @@ def read_image(path: Path, index: int, on_bad_image: str) -> Image.Image | None:
 
 def blank_item(transform: Any, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The item that stands for a skipped image: zeros (the mean colour once normalised) of the shape the
-    transform gives a ``height`` x ``width`` image, no mask, no label."""
+    transform gives a ``height`` x ``width`` image, no mask, no label.
+
+    Args:
+        transform: the dataset's pair transform ``(PIL image, masks [M, H, W]) -> (image, masks)``; None: the
+            image is zeros [3, height, width].
+        height: the skipped image's height (the blank one's before the transform).
+        width: the skipped image's width.
+
+    Returns:
+        ``(image [3, h, w] zeros, masks [0, h, w] bool, [])``.
+    """
     masks = torch.zeros((0, height, width), dtype=torch.bool)
     if transform is None:
         return torch.zeros(3, height, width), masks, []
@@ -90,7 +106,11 @@ def blank_item(transform: Any, height: int, width: int) -> tuple[torch.Tensor, t
 
 
 def is_number(value: Any) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool)."""
+    """Whether ``value`` is a finite int or float (not a bool).
+
+    Args:
+        value: anything (e.g. a number read from an annotation file).
+    """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -102,6 +122,15 @@ def box_mask(
     Pixel (i, j) is in the box when ``x <= j < x + w`` and ``y <= i < y + h`` (pixel centres at integer
     coordinates, as pycocotools rasterises polygons): for integer boxes, columns x .. x+w-1, as the
     official LaViSE code slices ``mask[y:y+h, x:x+w]``. With ``out`` given, the box is OR-ed into it.
+
+    Args:
+        height: the image's height in pixels (the mask's rows).
+        width: the image's width in pixels (the mask's columns).
+        x: the box's left edge, in pixels.
+        y: the box's top edge, in pixels.
+        w: the box's width, in pixels.
+        h: the box's height, in pixels.
+        out: a bool [height, width] mask to OR the box into (and return); None: a new one of zeros.
     """
     if out is None:
         out = np.zeros((height, width), dtype=bool)

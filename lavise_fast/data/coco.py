@@ -21,10 +21,10 @@ from lavise_fast.data._common import (
     check_dir,
     is_number,
     read_image,
-    read_json,
 )
 from lavise_fast.data.transforms import DEFAULT_REFERENCE_TRANSFORM, PairTransform, TargetTransform
 from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.files import read_json
 
 __all__ = ["CocoInstances"]
 
@@ -63,6 +63,15 @@ class CocoInstances(torch.utils.data.Dataset):
     ``transform(image: PIL.Image, masks: bool tensor [M, H, W]) -> (image, masks)``, by default the
     official LaViSE one (:class:`ReferenceTransform`: resize 256, crop 224, ImageNet normalisation).
     Errors name the annotation file, the image file or the argument at fault.
+
+    Args:
+        image_dir: the folder of the images (``file_name`` in the file is relative to it).
+        annotation_file: the COCO instances JSON file.
+        transform: the pair transform of image and masks (default the official LaViSE one); None: the image as a
+            tensor in 0..1 at its own size, masks untouched.
+        categories: names of the categories to keep; None: all.
+        skip_empty: drop the images with no non-crowd annotation of a selected category.
+        on_bad_image: "skip" (warn, blank item) or "raise" for an image file that does not decode.
 
     Attributes: ``coco`` (the pycocotools ``COCO`` index), ``ids`` (image ids, item order),
     ``category_names`` (category id -> name).
@@ -173,7 +182,11 @@ class CocoInstances(torch.utils.data.Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
-        """The file of item ``index``."""
+        """The file of item ``index``.
+
+        Args:
+            index: the item's index (0 .. ``len(self) - 1``).
+        """
         return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
 
     def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:

@@ -22,6 +22,9 @@ def collate_reference(
     ``h, w``: the image's ``H, W``, or a resized copy of it (the same aspect ratio, to a pixel;
     ``masked_pool`` resizes masks to the feature grid anyway). Use it as a DataLoader's ``collate_fn``.
 
+    Args:
+        items: the batch's reference items, at least one.
+
     Raises:
         TypeError, ValueError: naming the item (its place in the batch) and what is wrong with it.
     """

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.validate import positive_int
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -87,6 +88,8 @@ class TargetTransform:
             pads with zeros (black, before normalisation), as torchvision's CenterCrop does.
         normalize: subtract ``mean`` and divide by ``std`` per channel (default ImageNet's);
             False leaves values in 0..1.
+        mean: the per-channel (R, G, B) mean subtracted when ``normalize`` (default ``IMAGENET_MEAN``).
+        std: the per-channel (R, G, B) std divided by when ``normalize``, all positive (default ``IMAGENET_STD``).
     """
 
     def __init__(
@@ -98,8 +101,8 @@ class TargetTransform:
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         for name, value in (("resize", resize), ("crop", crop)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise InputError(f"{name} must be a positive int or None, got {value!r}")
+            if value is not None:
+                positive_int(name, value)
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise InputError(f"mean and std must have 3 entries each, std positive; got mean={mean}, std={std}")
         self.resize, self.crop, self.normalize = resize, crop, bool(normalize)
@@ -109,7 +112,12 @@ class TargetTransform:
         return f"{type(self).__name__}(resize={self.resize}, crop={self.crop}, normalize={self.normalize})"
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(H, W) of the result for an input of ``height`` x ``width``."""
+        """(H, W) of the result for an input of ``height`` x ``width``.
+
+        Args:
+            height: the input image's height in pixels.
+            width: the input image's width in pixels.
+        """
         if self.resize is not None:
             height, width = _resized_size(height, width, self.resize)
         if self.crop is not None:

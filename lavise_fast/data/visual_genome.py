@@ -17,10 +17,10 @@ from lavise_fast.data._common import (
     check_dir,
     is_number,
     read_image,
-    read_json,
 )
 from lavise_fast.data.transforms import DEFAULT_REFERENCE_TRANSFORM, PairTransform, TargetTransform
 from lavise_fast.errors import InputError, InputTypeError, MissingInputError
+from lavise_fast.files import read_json
 
 __all__ = ["VisualGenomeObjects", "normalize_name"]
 
@@ -30,7 +30,11 @@ _BOX_KEYS = ("x", "y", "w", "h")
 
 def normalize_name(name: str) -> str:
     """An object name as LaViSE's labels write it: lower case, surrounding blanks removed, inner runs of
-    blanks made single spaces (``" Traffic  Light "`` -> ``"traffic light"``)."""
+    blanks made single spaces (``" Traffic  Light "`` -> ``"traffic light"``).
+
+    Args:
+        name: an object name (anything: ``str()`` is taken first).
+    """
     return " ".join(str(name).lower().split())
 
 
@@ -70,6 +74,16 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
     file that exists but does not decode is skipped with a warning naming it (``on_bad_image="skip"``,
     the default: the item is a blank image, zeros after the transform, of 256 x 256 pixels before it,
     with M = 0) or raises ``ValueError`` (``on_bad_image="raise"``); a missing one always raises.
+
+    Args:
+        image_dir: the folder of the images, or a list of folders searched in order.
+        objects_json: the objects file, in either layout above.
+        labels: the names that count (normalised); None: the 1,208 LaViSE training labels; ``"all"``: every name.
+        transform: the pair transform of image and masks (default the official LaViSE one); None: the image as a
+            tensor in 0..1 at its own size, masks untouched.
+        skip_empty: drop the entries with no box of a counted name.
+        filename: the image file's name, a format string with the one field ``{image_id}``.
+        on_bad_image: "skip" (warn, blank item) or "raise" for an image file that does not decode.
 
     Attributes: ``ids`` (image ids, item order), ``labels`` (the counted names, or None for all).
     """
@@ -174,7 +188,11 @@ class VisualGenomeObjects(torch.utils.data.Dataset):
         return len(self._entries)
 
     def image_path(self, index: int) -> Path:
-        """The file of item ``index`` (the first directory holding it; else where it was expected)."""
+        """The file of item ``index`` (the first directory holding it; else where it was expected).
+
+        Args:
+            index: the item's index (0 .. ``len(self) - 1``).
+        """
         name = self.filename.format(image_id=self._entries[index][0])
         for directory in self.image_dirs:
             if (directory / name).is_file():

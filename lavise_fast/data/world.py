@@ -179,12 +179,15 @@ class ConceptWorld(torch.utils.data.Dataset):
     normalisation), so a PNG export (:meth:`to_coco`) holds them exactly.
 
     Args:
-        size: number of items. image_size: S, at least 16.
+        size: number of items, at least 1.
+        image_size: S, the image side in pixels, at least 16.
         seed: non-negative int; item i is drawn from ``numpy.random.default_rng([seed, i])`` alone.
         colours: colour words from :data:`COLOURS`, or a mapping word -> RGB in [0, 1] (default
             :data:`DEFAULT_COLOURS`).
-        shapes, patterns, backgrounds: words from :data:`SHAPES`, :data:`PATTERNS`, :data:`BACKGROUNDS`
-            (default :data:`DEFAULT_SHAPES` ...: the members of the :data:`FAMILIES`, 36 words).
+        shapes: shape words from :data:`SHAPES` (default :data:`DEFAULT_SHAPES`).
+        patterns: pattern words from :data:`PATTERNS` (default :data:`DEFAULT_PATTERNS`).
+        backgrounds: background words from :data:`BACKGROUNDS` (default :data:`DEFAULT_BACKGROUNDS`). The four
+            defaults are the members of the :data:`FAMILIES`, 36 words; all words must be distinct.
         objects_per_image: ``n`` or ``(low, high)``: each scene has between low and high objects
             (uniform, inclusive; at most 12).
         weights: relative sampling weight of any colour, shape, pattern or background word
@@ -259,7 +262,12 @@ class ConceptWorld(torch.utils.data.Dataset):
         that zero-shot is possible: every unseen word is a variant in a family (:attr:`families`)
         whose base concept (its first word) stays seen, and words without a family are seen. Within
         that rule, a seeded draw among the variants holds out words until ``anno_rate`` of the words
-        are seen or every variant is held out. Both lists are sorted."""
+        are seen or every variant is held out. Both lists are sorted.
+
+        Args:
+            anno_rate: the share of :attr:`concepts` to keep seen, in (0, 1] (at least one word stays seen).
+            seed: non-negative int; the draw uses ``numpy.random.default_rng([seed, 0x5EE1])``.
+        """
         if isinstance(anno_rate, bool) or not isinstance(anno_rate, int | float) or not 0.0 < anno_rate <= 1.0:
             raise InputError(f"anno_rate must be a number in (0, 1], got {anno_rate!r}")
         seed = int_at_least("seed", seed, 0)
@@ -272,7 +280,11 @@ class ConceptWorld(torch.utils.data.Dataset):
         return sorted(w for w in words if w not in unseen), sorted(unseen)
 
     def colour_rgb(self, word: str) -> tuple[float, float, float]:
-        """The RGB in [0, 1] that the colour ``word`` is drawn with (before patterns and shading)."""
+        """The RGB in [0, 1] that the colour ``word`` is drawn with (before patterns and shading).
+
+        Args:
+            word: one of this world's colour words.
+        """
         return self._rgb[word]
 
     def __len__(self) -> int:
@@ -297,7 +309,11 @@ class ConceptWorld(torch.utils.data.Dataset):
         """The layout of item ``index`` (background, objects bottom first), without rendering it.
 
         Its words are the item's labels except where an object covers no pixel centre at all (only
-        possible at tiny image sizes or when a scene is too crowded to place every object apart)."""
+        possible at tiny image sizes or when a scene is too crowded to place every object apart).
+
+        Args:
+            index: the item's index (negative counts from the end).
+        """
         return self._layout(self._rng(self._index(index)))
 
     # ------------------------------------------------------------------ items
@@ -309,7 +325,11 @@ class ConceptWorld(torch.utils.data.Dataset):
         return torch.from_numpy(image), torch.from_numpy(masks), labels
 
     def render(self, index: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Item ``index`` with its RGB image in [0, 1] (multiples of 1/255), never normalised."""
+        """Item ``index`` with its RGB image in [0, 1] (multiples of 1/255), never normalised.
+
+        Args:
+            index: the item's index (negative counts from the end).
+        """
         image, masks, labels = self._render(index)
         return torch.from_numpy(image), torch.from_numpy(masks), labels
 
@@ -408,7 +428,15 @@ class ConceptWorld(torch.utils.data.Dataset):
         ``i + 1``; each (object, word) mask is one annotation (RLE segmentation, area, bbox,
         iscrowd 0) in label order, with category = the word (ids 1.. in :attr:`concepts` order).
         PNG is lossless, so the pixels read back exactly; ``image_format="jpeg"`` saves space and uses
-        ``quality``. Returns ``(images directory, annotations file)``."""
+        ``quality``. Returns ``(images directory, annotations file)``.
+
+        Args:
+            directory: the folder to write into (created if missing).
+            indices: the items to write (negative counts from the end); None: all of them, in order.
+            image_format: "png" (lossless), "jpeg" or "jpg".
+            quality: the JPEG quality, 1..100 (ignored for PNG).
+            progress: show a tqdm progress bar.
+        """
         from PIL import Image
         from pycocotools import mask as mask_utils
         from tqdm import tqdm

@@ -4,8 +4,12 @@ For every batch of the target loader, on the device of the features: the spatial
 update each filter's top images (``TopImages``) and the quantile sketch (``ChannelQuantiles``);
 the (image, filter) pairs that just entered a filter's top images get their pooled vector
 ``z`` sent through the head and scored against the vocabulary at once, so the pass keeps only
-the s best word indices of each pair. At the end each filter's words are voted over its top
-images, each vote weighted by the image's maximum activation of the filter.
+the s best word indices of each pair (and its embedding). At the end each filter's words are
+scored over its top images (:mod:`lavise_fast.scoring`; by default how much more they evoke a word
+than the layer's images do in general) and its top images split into groups (:mod:`lavise_fast.groups`).
+
+The model, its layers, the device, the explainers and their heads are resolved once, into a
+:class:`SweepPlan`, before the pass; nothing below looks a layer up again.
 
 The four inference methods of the paper, for an image with feature map ``A`` [C, h, w] and
 ``a = A[k]`` the map of filter k with threshold ``t_k``:
@@ -20,87 +24,39 @@ The four inference methods of the paper, for an image with feature map ``A`` [C,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lavise_fast import distributed as distributed_sweep
-from lavise_fast import ops
+from lavise_fast import ops, semantics, vocabularies
 from lavise_fast.checkpoint import SweepCheckpoint
+from lavise_fast.default_explainers import default_explainer
+from lavise_fast.distributed import Shard, all_gather, current_shard, shard_loader
 from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.explainer import Explainer
-from lavise_fast.files import atomic_write_json
 from lavise_fast.groups import split_in_two
 from lavise_fast.hashing import digest, model_fingerprint
-from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
+from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
 from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
+from lavise_fast.onnx import OnnxHead, export_onnx
+from lavise_fast.result import ExplainResult, SweepSettings
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, ranked_words, score_layer, word_scores
 from lavise_fast.semantics import Vocabulary
 from lavise_fast.sweep_state import LayerSweep
 from lavise_fast.validate import positive_int
 
-if TYPE_CHECKING:
-    from lavise_fast.onnx import OnnxHead
-
-__all__ = ["explain", "ExplainResult", "METHODS"]
+__all__ = ["explain", "SweepPlan", "METHODS"]
 
 METHODS = ("projection", "activation", "image", "original")
 _THIN_BASELINE = 16  # fewer explained filters than this: the layer baseline is thin (a warning)
-
-
-@dataclass
-class ExplainResult:
-    """Per explained filter k (in the order of ``filters``): ``words[k]`` sorted by ``scores[k]``
-    (descending; what a score means is ``settings["scoring"]``'s, see :mod:`lavise_fast.scoring`:
-    by default how much more the filter's top images evoke the word than the layer's images do in
-    general), ``top_images[k]`` and ``top_activations[k]`` (descending); ``thresholds`` the
-    per-filter ``quantile`` of all activations (or the given thresholds); ``groups[k]`` the
-    filter's groups of top images (:mod:`lavise_fast.groups`): one dict ``{"images", "words",
-    "scores"}`` for a filter that responds to one concept, two for a polysemantic one, heavier
-    group first (an empty list in results of lavise_fast before groups existed); ``settings`` how
-    it was run: layer, method, scoring, top_images, words_per_image, num_words, quantile,
-    thresholds_given, images (how many the loader gave), space, vocabulary_size, baseline_pairs
-    (the pairs the layer baseline rests on), and the explainer's seen and unseen words (for
-    evaluation)."""
-
-    filters: list[int]
-    words: list[list[str]]
-    scores: list[list[float]]
-    top_images: list[list[int]]
-    top_activations: list[list[float]]
-    thresholds: list[float]
-    settings: dict = field(default_factory=dict)
-    groups: list[list[dict]] = field(default_factory=list)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes JSON atomically (a temporary file, then a rename)."""
-        atomic_write_json(path, asdict(self))
-
-    def report(self, path: str | os.PathLike, **kwargs) -> Path:
-        """Writes the self-contained HTML report (words, top images with heatmaps, summary plots) to ``path``;
-        the keywords (images=, model=, evaluation=, ...) are those of :func:`lavise_fast.report.write_report`."""
-        from lavise_fast.report import write_report
-
-        return write_report(self, path, **kwargs)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ExplainResult:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as error:
-            raise InputError(f"{path} is not an ExplainResult JSON file: {error}") from None
 
 
 def _masked_image_features(tap, layer: str, images: torch.Tensor, features: torch.Tensor, rows: torch.Tensor,
@@ -142,8 +98,9 @@ def explain(
     the images of ``loader``.
 
     Args:
-        model: the frozen CNN (put in eval mode). loader: yields float image batches [N, 3, H, W],
-            or tuples/lists that start with one; image indices are positions in iteration order.
+        model: the frozen network (put in eval mode).
+        loader: yields float image batches [N, 3, H, W], or tuples/lists that start with one; image
+            indices are positions in iteration order.
         explainer: a trained :class:`Explainer` for the layer; for several layers a list of
             explainers (each for its ``layer``) or a dict {layer name: explainer}. When None, one
             is trained per layer on the embedded reference set for this model and cached (see
@@ -163,14 +120,16 @@ def explain(
             image is near do not win everywhere), ``zscore``, ``pmi`` or ``vote`` (the paper's flat
             vote). The relative scorings need the layer's baseline: explain many filters (all by
             default); with fewer than 16 of a layer's filters a warning says the baseline is thin.
-        top_images: P, the images per filter. words_per_image: s, the words each top image votes
-            for (``scoring="vote"`` only). num_words: the words kept per filter (and per group).
+        top_images: P, the images per filter.
+        words_per_image: s, the words each top image votes for (``scoring="vote"`` only).
+        num_words: the words kept per filter (and per group).
         vocabulary: the candidate words in the explainer's space; default the 1,202 LaViSE
             entities in the default space (only for explainers trained in it).
         quantile: the per-filter threshold quantile over all positions of all images (0.995, the
-            top 0.5 % of Network Dissection). thresholds: per-filter thresholds [C] to use
-            instead (e.g. ``result.thresholds`` of an earlier run over all filters); for several
-            layers a dict {layer name: thresholds}.
+            top 0.5 % of Network Dissection).
+        thresholds: per-filter thresholds [C] to use instead of the quantile (e.g.
+            ``result.thresholds`` of an earlier run over all filters); for several layers a dict
+            {layer name: thresholds}.
         head: what embeds the pooled vectors: ``"torch"`` (default: the explainer), ``"onnx"`` (the
             explainer is exported with :func:`lavise_fast.export_onnx` to a temporary file and run
             in onnxruntime), or a vocabulary-free :class:`lavise_fast.OnnxHead` (one layer only; its
@@ -183,6 +142,7 @@ def explain(
             uninterrupted run gives. A checkpoint of another model, layer, dataset length or
             settings is refused (ValueError naming what differs). The re-run of the top images
             (``image``, ``activation`` without thresholds) is not checkpointed.
+        checkpoint_every: batches between two saves of the checkpoint (default 100).
         distributed: shard the images over the ranks of the initialised ``torch.distributed``
             process group (``torchrun``; NCCL on GPUs, gloo on CPUs): rank r reads the images r,
             r + W, ... of ``loader``'s dataset (a DataLoader read in order), and the ranks merge
@@ -194,6 +154,8 @@ def explain(
             and await scoring (default max(64 MiB, C * P * C * 4 bytes): about 420 MB for ResNet-50
             ``layer4``, 64 MiB for ResNet-18's); a smaller stash is scored more often, including
             pairs that later leave the top images, which costs time (the head's C * C per pair).
+        device: where the model and the pass run (default: the device of the model's parameters).
+        progress: a tqdm bar over the batches (and over training, when an explainer is trained).
 
     The vote weights each top image by its maximum activation of the filter, a real number; the
     official code repeats a word ``int(max)`` times instead, which drops images whose maximum
@@ -212,21 +174,11 @@ def explain(
         positive_int(argument, value)
     if not 0.0 < quantile < 1.0:
         raise InputError(f"quantile must lie in (0, 1), got {quantile}")
-    shard = distributed_sweep.current_shard() if distributed else None
-    device = model_device(model, device)
-    model.eval()
     many = isinstance(layer, (list, tuple)) or isinstance(explainer, (list, tuple, Mapping))
-    explainers = _explainers_for(model, loader, explainer, layer, device, distributed, progress)
-    names = list(explainers)
-    if not isinstance(head, str) and len(names) > 1:
-        raise InputError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
-    vocabulary = _vocabulary_for(explainers[names[0]], vocabulary)
-    for name in names[1:]:
-        _vocabulary_for(explainers[name], vocabulary)
+    plan = _plan(model, loader, explainer, layer, vocabulary, device, head, distributed, progress)
+    names, device, explainers, vocabulary = list(plan.layers), plan.device, plan.explainers, plan.vocabulary
+    words, heads, shard = plan.words, plan.heads, plan.shard
     s = min(words_per_image, len(vocabulary.words))
-    heads = {name: expl.to(device).eval() if head == "torch" else _head_for(head, expl)
-             for name, expl in explainers.items()}
-    words = vocabulary.vectors.to(device)
     filters_of = _per_layer(filters, names, many, "filters")
     given_of = {name: None if t is None else torch.as_tensor(t, dtype=torch.float32).flatten().to(device)
                 for name, t in _per_layer(thresholds, names, many, "thresholds").items()}
@@ -245,7 +197,7 @@ def explain(
 
     run_loader, image_index = loader, None
     if shard is not None:
-        run_loader, image_index = distributed_sweep.shard_loader(loader, shard)
+        run_loader, image_index = shard_loader(loader, shard)
     saver = None
     if checkpoint is not None:
         fields = _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_of, method, top_images,
@@ -255,7 +207,7 @@ def explain(
     sweeps: dict[str, LayerSweep] | None = None
     base = batches = 0
     pass_done = False
-    with LayerFeatures(model, names) as tap:
+    with LayerFeatures(model, plan.layers) as tap:
         resumed = saver.load() if saver is not None else None
         if resumed is not None:
             base, batches, pass_done = resumed["images"], resumed["batches"], resumed["pass_done"]
@@ -330,11 +282,11 @@ def _result(sweep: LayerSweep, vocabulary: Vocabulary, words: torch.Tensor, expl
         result_acts.append(sweep.tops.values[k, : len(idx)].tolist())
     groups = _groups(embeddings, weights, top, words, scoring, s, num_words, baseline, vocabulary, result_words,
                      result_scores)
-    settings = {"layer": sweep.name, "method": sweep.method, "scoring": scoring, "top_images": sweep.tops.k,
-                "words_per_image": s, "num_words": num_words,
-                "quantile": None if thresholds_given else quantile, "thresholds_given": thresholds_given,
-                "images": images, "space": explainer.space, "vocabulary_size": len(vocabulary.words),
-                "baseline_pairs": baseline.pairs, "seen": list(explainer.seen), "unseen": list(explainer.unseen)}
+    settings = SweepSettings(layer=sweep.name, method=sweep.method, scoring=scoring, top_images=sweep.tops.k,
+                             words_per_image=s, num_words=num_words, quantile=None if thresholds_given else quantile,
+                             thresholds_given=thresholds_given, images=images, space=explainer.space,
+                             vocabulary_size=len(vocabulary.words), baseline_pairs=baseline.pairs,
+                             seen=list(explainer.seen), unseen=list(explainer.unseen))
     t = thresholds.tolist()
     return ExplainResult(list(sweep.chosen), result_words, result_scores, result_images, result_acts,
                          [t[k] for k in sweep.chosen], settings, groups)
@@ -371,16 +323,62 @@ def _groups(embeddings: torch.Tensor, weights: torch.Tensor, images: torch.Tenso
     return whole
 
 
-def _explainers_for(model, loader, explainer, layer, device, distributed, progress) -> dict[str, Explainer]:
-    """{layer name: explainer} from explain's ``explainer`` and ``layer`` arguments, in order."""
+@dataclass
+class SweepPlan:
+    """A sweep's model, layers and device, resolved once and passed down: ``layers`` {dotted name:
+    module} in order, the ``explainers`` and ``heads`` (what embeds the pooled vectors) by layer name,
+    the ``vocabulary`` and its unit ``words`` [V, D] on ``device``, and the ``shard`` of this rank
+    (None outside a distributed sweep)."""
+
+    model: torch.nn.Module
+    device: torch.device
+    layers: dict[str, torch.nn.Module]
+    explainers: dict[str, Explainer]
+    heads: dict[str, torch.nn.Module | OnnxHead]
+    vocabulary: Vocabulary
+    words: torch.Tensor
+    shard: Shard | None
+
+
+def _plan(model: torch.nn.Module, loader, explainer, layer, vocabulary: Vocabulary | None, device, head,
+          distributed: bool, progress: bool) -> SweepPlan:
+    """explain's arguments resolved: the device, every layer (looked up once), the explainers (trained
+    and cached where none is given), the vocabulary checked against each, the heads."""
+    shard = current_shard() if distributed else None
+    device = model_device(model, device)
+    model.eval()
+    layers, explainers = _explainers_for(model, loader, explainer, layer, device, distributed, progress)
+    names = list(explainers)
+    if not isinstance(head, str) and len(names) > 1:
+        raise InputError("a given OnnxHead scores one layer: pass head='onnx' to export one per layer")
+    vocabulary = _vocabulary_for(explainers[names[0]], vocabulary)
+    for name in names[1:]:
+        explainers[name].check_vocabulary(vocabulary)
+    heads = {name: expl.to(device).eval() if head == "torch" else _head_for(head, expl)
+             for name, expl in explainers.items()}
+    return SweepPlan(model, device, layers, explainers, heads, vocabulary, vocabulary.vectors.to(device), shard)
+
+
+def _explainers_for(model, loader, explainer, layer, device, distributed,
+                    progress) -> tuple[dict[str, torch.nn.Module], dict[str, Explainer]]:
+    """({layer name: module}, {layer name: explainer}) from explain's ``explainer`` and ``layer``
+    arguments, in order; every layer is looked up in ``model`` once, here."""
     specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not specs:
         raise InputError("layer must name at least one layer")
+    modules: dict[str, torch.nn.Module] = {}
+
+    def look_up(spec) -> str:
+        if spec is None:  # the model's default layer, found on the loader's first image
+            spec = default_layer(model, image_batch(next(iter(loader)))[:1].to(device))
+        name, module = resolve_layer(model, spec)
+        modules[name] = module
+        return name
+
     if isinstance(explainer, Mapping):
-        pairs = [(resolve_layer(model, name)[0], expl) for name, expl in explainer.items()]
+        pairs = [(look_up(name), expl) for name, expl in explainer.items()]
     elif isinstance(explainer, (list, tuple)):
-        pairs = [(resolve_layer(model, expl.layer)[0] if getattr(expl, "layer", "") else None, expl)
-                 for expl in explainer]
+        pairs = [(look_up(expl.layer) if getattr(expl, "layer", "") else None, expl) for expl in explainer]
         if any(name is None for name, _ in pairs):
             raise InputError("each explainer of a list must know its layer (Explainer(layer=...)); or pass a dict "
                              "{layer name: explainer}")
@@ -391,20 +389,19 @@ def _explainers_for(model, loader, explainer, layer, device, distributed, progre
         pairs = []
         for spec in specs:
             if explainer is None:
-                from lavise_fast.default_explainers import default_explainer
-
-                expl = default_explainer(model, loader, layer=spec, device=device, distributed=distributed,
+                name = look_up(spec)
+                expl = default_explainer(model, loader, layer=modules[name], device=device, distributed=distributed,
                                          progress=progress)
-                pairs.append((expl.layer, expl))
+                pairs.append((name, expl))
             else:
-                pairs.append((explainer.layer if spec is None else resolve_layer(model, spec)[0], explainer))
+                pairs.append((look_up(explainer.layer if spec is None else spec), explainer))
     else:
         raise InputTypeError(f"explainer must be an Explainer, a list or dict of them, or None; got "
-                        f"{type(explainer).__name__}")
+                             f"{type(explainer).__name__}")
     if not all(isinstance(expl, Explainer) for _, expl in pairs):
         raise InputTypeError("explainer= must hold lavise_fast.Explainer objects")
     if layer is not None and not (explainer is None or isinstance(explainer, Explainer)):
-        wanted = [resolve_layer(model, spec)[0] for spec in specs]
+        wanted = [look_up(spec) for spec in specs]
         if sorted(wanted) != sorted(name for name, _ in pairs):
             raise InputError(f"layer= names {wanted}, the explainers are for {[name for name, _ in pairs]}")
     explainers = dict(pairs)
@@ -412,7 +409,7 @@ def _explainers_for(model, loader, explainer, layer, device, distributed, progre
         raise InputError(f"layers must not repeat, got {[name for name, _ in pairs]}")
     for name, expl in explainers.items():
         expl.check_compatible(name, expl.channels)
-    return explainers
+    return {name: modules[name] for name in explainers}, explainers
 
 
 def _per_layer(value, names: list[str], many: bool, argument: str) -> dict:
@@ -458,7 +455,7 @@ def _merge_ranks(sweeps: dict[str, LayerSweep] | None, images: int, image_index:
         for sweep in sweeps.values():
             sweep.settle()
         states = {name: sweep.state_dict(image_index) for name, sweep in sweeps.items()}
-    gathered = distributed_sweep.all_gather((images, states), "the top images, sketches and embeddings")
+    gathered = all_gather((images, states), "the top images, sketches and embeddings")
     present = [states for _, states in gathered if states is not None]
     if not present:
         return None, 0
@@ -474,9 +471,9 @@ def _merge_pairs(sweeps: list[LayerSweep]) -> None:
     for sweep in sweeps:
         sweep.settle()
     mine = {sweep.name: sweep.pairs.state_dict() for sweep in sweeps}
-    gathered = distributed_sweep.all_gather(mine, "the embeddings of the re-run top images")
+    gathered = all_gather(mine, "the embeddings of the re-run top images")
     for rank, rank_pairs in enumerate(gathered):
-        if rank != torch.distributed.get_rank():
+        if rank != current_shard().rank:
             for sweep in sweeps:
                 sweep.pairs.load_state_dict(rank_pairs[sweep.name], sweep.device, merge=True)
 
@@ -494,30 +491,20 @@ def _chosen_filters(filters: Sequence[int] | None, channels: int) -> list[int]:
 
 
 def _vocabulary_for(explainer: Explainer, vocabulary: Vocabulary | None) -> Vocabulary:
-    """The given vocabulary (checked against the explainer's space), or the entities in the default space."""
+    """The given vocabulary (checked against the explainer), or the entities in the default space."""
     if vocabulary is None:
-        from lavise_fast import semantics, vocabularies
-
         space = semantics.default_space()
         if explainer.space and explainer.space != space.name:
             raise InputError(f"the explainer was trained in the word space {explainer.space!r}: pass vocabulary= "
                              f"(a lavise_fast.Vocabulary in that space); the default vocabulary is in {space.name!r}")
         return Vocabulary.from_words(vocabularies.entities(), space)
-    if explainer.dim != vocabulary.vectors.shape[1]:
-        raise InputError(f"the explainer embeds into {explainer.dim} dimensions, the vocabulary has "
-                         f"{vocabulary.vectors.shape[1]}")
-    space = getattr(vocabulary, "space", "")
-    if space and explainer.space and space != explainer.space:
-        raise InputError(f"the vocabulary is in the word space {space!r}, the explainer was trained in "
-                         f"{explainer.space!r}")
+    explainer.check_vocabulary(vocabulary)
     return vocabulary
 
 
 def _head_for(head: str | OnnxHead, explainer: Explainer) -> OnnxHead:
     """explain's ``head="onnx"`` (the explainer exported to a temporary file) or a given vocabulary-free
     OnnxHead, checked against the explainer."""
-    from lavise_fast.onnx import OnnxHead, export_onnx
-
     if head == "onnx":
         with tempfile.TemporaryDirectory(prefix="lavise_fast_onnx_") as tmp:
             return OnnxHead(export_onnx(explainer, Path(tmp) / "head.onnx"))

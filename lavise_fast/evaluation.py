@@ -1,4 +1,4 @@
-"""Evaluation of explanations against object masks, and bias analysis between two subsets.
+"""Evaluation of explanations against object masks: recall@n, Network Dissection, simulation.
 
 :func:`evaluate` is the protocol of LaViSE (DESIGN.md §1 item 4) in one batched pass over a
 reference set holding the images the result was computed on. For filter k with threshold
@@ -11,18 +11,19 @@ non-empty GT. The same pass gives each filter's Network-Dissection label: the wo
 best dataset-wide ``IoU_k(w) = sum_i |B_k(i) ∩ L_w(i)| / sum_i |B_k(i) ∪ L_w(i)|`` (all images,
 also those without ``w``).
 
-:func:`compare` ranks the concepts by how much more often they describe the filters of one
-result than of another (the same network explained on two subsets); :func:`compare_plot` draws
-that as a self-contained SVG.
+It returns an :class:`Evaluation`: typed, readable as the dict it is saved as
+(``evaluation["recall@10"]``), with :meth:`Evaluation.save`/:meth:`Evaluation.load` and a format
+version (``"lavise_fast.evaluation/2"``; a file without one, written before evaluations were typed,
+still loads). :func:`score_table` is the terminal table of the scores, shared by the demo and the CLI.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from xml.sax.saxutils import escape
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -30,22 +31,104 @@ from tqdm import tqdm
 from lavise_fast import ops
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.errors import InputError, InputTypeError
-from lavise_fast.explain import ExplainResult
-from lavise_fast.files import atomic_write
+from lavise_fast.files import atomic_write_json, read_json
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
+from lavise_fast.result import ExplainResult, checked_result
 from lavise_fast.validate import int_at_least, number_in, positive_int
 
-__all__ = ["evaluate", "compare", "compare_plot"]
+__all__ = ["evaluate", "Evaluation", "score_table", "evaluation_table", "format_score", "FORMAT"]
+
+FORMAT = "lavise_fast.evaluation/2"
+_FIRST_FORMAT = "lavise_fast.evaluation/1"  # files without a format: written before evaluations were typed
 
 
-def _check_result(name: str, result) -> None:
-    if not isinstance(result, ExplainResult):
-        raise InputTypeError(f"{name} must be an ExplainResult (from lavise_fast.explain), got {type(result).__name__}")
-    K = len(result.filters)
-    for field in ("words", "top_images", "thresholds"):
-        if len(getattr(result, field)) != K:
-            raise InputError(f"{name}.{field} has {len(getattr(result, field))} entries for {K} filters")
+_FIELDS = ("pairs", "chance", "shuffled", "gain", "seen", "unseen", "rank", "unseen_produced", "unseen_words",
+           "iou_threshold", "shuffles", "seed", "dissection", "dissection_in_top", "simulation")
+_OBJECTS = ("chance", "shuffled", "gain", "seen", "unseen", "rank", "dissection", "dissection_in_top", "simulation")
 
+
+class Evaluation(dict):
+    """What :func:`evaluate` measured (the keys and their meaning are listed in its docstring): the flat
+    dict it is saved as (``evaluation["recall@10"]``, ``json.dumps(evaluation)``), checked when built,
+    whose entries also read as attributes.
+
+    ``recall`` is the ``"recall@n"`` entries for every n; ``pairs`` the pairs they average over;
+    ``chance``, ``shuffled`` and ``gain`` the same recalls for a random list, the lists shuffled across
+    filters and own minus shuffled; ``seen`` and ``unseen`` all of these with the ground truth restricted
+    to those words; ``rank``, ``unseen_produced``, ``unseen_words``, ``dissection``,
+    ``dissection_in_top`` and ``simulation`` as :func:`evaluate` says; ``iou_threshold``, ``shuffles``
+    and ``seed`` how it ran.
+
+    Args:
+        data: the flat object (every key above, at least one ``recall@n``).
+        source: what ``data`` is (a file name), in the message of a missing or wrong entry.
+    """
+
+    def __init__(self, data: Mapping, source: str = "evaluation") -> None:
+        if not isinstance(data, Mapping):
+            raise InputTypeError(f"{source} must be the evaluation of lavise_fast.evaluate (a JSON object), got "
+                                 f"{type(data).__name__}")
+        missing = [name for name in _FIELDS if name not in data]
+        if missing or not any(isinstance(key, str) and key.startswith("recall@") for key in data):
+            raise InputError(f"{source} does not hold what lavise_fast.evaluate writes: missing "
+                             f"{missing or ['recall@n']}")
+        for name in _OBJECTS:
+            if not isinstance(data[name], Mapping):
+                raise InputError(f"{source}: {name!r} must be a JSON object, got {type(data[name]).__name__}")
+        super().__init__(data)
+
+    @property
+    def recall(self) -> dict[str, float | None]:
+        """``{"recall@n": recall}`` for every n."""
+        return {key: value for key, value in self.items() if key.startswith("recall@")}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FIELDS:
+            return self[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat JSON object of the file (without its format), as a plain dict."""
+        return dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping, source: str = "evaluation") -> Evaluation:
+        """An evaluation from its flat JSON object (an Evaluation is returned as it is).
+
+        Args:
+            data: the object :meth:`as_dict` gives.
+            source: what ``data`` is (a file name), in the message of a missing key.
+        """
+        return data if isinstance(data, Evaluation) else cls(data, source)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the JSON file atomically (a temporary file, then a rename): the flat object and ``format``.
+
+        Args:
+            path: the evaluation file to write (``.json``).
+        """
+        return atomic_write_json(path, {"format": FORMAT, **self.as_dict()}, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Evaluation:
+        """Reads a file that :meth:`save` wrote (or one without a format, from before evaluations were typed).
+
+        Args:
+            path: the evaluation file.
+
+        Raises:
+            InputError: the file is not JSON, not an evaluation, or of a format this lavise_fast does not read.
+        """
+        path = Path(path)
+        data = read_json(path, "evaluation file")
+        if not isinstance(data, dict):
+            raise InputError(f"evaluation file {str(path)!r} holds a {type(data).__name__}, not the object "
+                             "lavise_fast.evaluate writes")
+        version = data.pop("format", _FIRST_FORMAT)
+        if version not in (_FIRST_FORMAT, FORMAT):
+            raise InputError(f"evaluation file {str(path)!r} is of format {version!r}, which this lavise_fast does "
+                             f"not read (it reads {_FIRST_FORMAT}, {FORMAT}): update lavise_fast")
+        return cls.from_dict(data, f"evaluation file {str(path)!r}")
 
 def _merge_same_word(masks: torch.Tensor, rows: torch.Tensor, labels: list[str]):
     """One mask per (image, word): the union of that word's masks in the image.
@@ -79,7 +162,7 @@ def evaluate(
     batch_size: int = 32,
     device: torch.device | str | None = None,
     progress: bool = True,
-) -> dict:
+) -> Evaluation:
     """Recall@n of ``result``'s words against the object masks of ``reference``, and the
     Network-Dissection label of every explained filter, in one batched pass.
 
@@ -93,8 +176,12 @@ def evaluate(
             ``IoU(B_k(i), L_w(i)) > iou_threshold`` (module docstring); 0.04 as in the paper.
         ks: the n of recall@n.
         shuffles: how many seeded permutations of the word lists across filters the shuffled recall
-            averages over. simulation_words: the first n words of each filter that the simulation
-            score uses. seed: seeds the shuffles and the random lists.
+            averages over.
+        simulation_words: the first n words of each filter that the simulation score uses.
+        seed: seeds the shuffles and the random lists.
+        batch_size: images per forward pass.
+        device: where the model runs (default: the device of its parameters).
+        progress: a tqdm bar over the batches.
 
     Ground truth: ``B_k(i)`` is filter k's map upsampled bilinearly to the masks' size and
     thresholded (``> result.thresholds[k]``); a word with several masks in an image (two red
@@ -106,7 +193,7 @@ def evaluate(
     list of generic words that suits every filter scores as well shuffled as not, so the gain,
     own minus shuffled, is what the filter-specific words add).
 
-    Returns a JSON-serialisable dict::
+    Returns an :class:`Evaluation`, which reads (and saves) as the JSON object::
 
         {"recall@5": r, "recall@10": r, "recall@20": r,   # mean over pairs with a non-empty GT
          "pairs": n,                                      # those pairs
@@ -144,7 +231,7 @@ def evaluate(
             images other than ``result.settings["images"]``; bad ``iou_threshold``/``ks``/``batch_size``.
         TypeError: ``result`` is not an ExplainResult; items of ``reference`` are not reference items.
     """
-    _check_result("result", result)
+    checked_result(result, "result", complete=False)
     iou_threshold = number_in("iou_threshold", iou_threshold, 0.0, 1.0, high_open=True)
     ks = tuple(ks)
     if not ks:
@@ -155,15 +242,15 @@ def evaluate(
     positive_int("shuffles", shuffles)
     positive_int("simulation_words", simulation_words)
     int_at_least("seed", seed, 0)
-    settings = result.settings or {}
-    layer = settings.get("layer")
+    settings = result.settings
+    layer = settings.layer
     if not isinstance(layer, str) or not layer:
         raise InputError("result.settings has no 'layer': evaluate needs the result of lavise_fast.explain")
     try:
         resolve_layer(model, layer)
     except ValueError as error:
         raise InputError(f"model has no layer {layer!r} (the layer of result.settings['layer']): {error}") from None
-    expected = settings.get("images")
+    expected = settings.images
     try:
         size = len(reference)
     except TypeError:
@@ -247,8 +334,8 @@ def evaluate(
         raise InputError(f"reference holds {base} images but the result was computed on {expected} "
                          "(result.settings['images']); pass the same images, in the same order")
 
-    seen, unseen = set(settings.get("seen") or ()), set(settings.get("unseen") or ())
-    vocabulary_size = settings.get("vocabulary_size")
+    seen, unseen = set(settings.seen or ()), set(settings.unseen or ())
+    vocabulary_size = settings.vocabulary_size
     if not isinstance(vocabulary_size, int) or vocabulary_size < 1:
         vocabulary_size = len({w for words in result.words for w in words} | seen | unseen)
     shuffled = _shuffled_lists(result.words, shuffles, seed)
@@ -267,7 +354,7 @@ def evaluate(
     sums = _SimulationSums(base, x_sum, x_square, xp_sum, together, column)
     out["simulation"] = _simulation(result, sums, out["dissection"], simulation_words, vocabulary_size, seen | unseen,
                                     seed)
-    return out
+    return Evaluation.from_dict(out)
 
 
 def _recalls(truth: dict[tuple[int, int], set[str]], words: list[list[str]], ks: tuple[int, ...],
@@ -410,121 +497,67 @@ def _dissection(filters: list[int], column: dict[str, int], inter_sum: torch.Ten
             for f, w, v in zip(filters, which.tolist(), best.tolist(), strict=True)}
 
 
-# ---------------------------------------------------------------------------------------------- bias analysis
+def format_score(value: float | None, spec: str = "5.3f") -> str:
+    """A number of the table, or ``n/a`` right-aligned to the same width.
 
-
-def compare(
-    result_a: ExplainResult,
-    result_b: ExplainResult,
-    *,
-    num_words: int | None = None,
-    names: Sequence[str] = ("a", "b"),
-) -> list[dict]:
-    """Concepts ranked by how much more often they describe filters in ``result_a`` than in ``result_b``.
-
-    Both results must explain the same filters of the same layer (the same network on two
-    subsets). The words are each result's, ranked by its scores (``settings["scoring"]``): with
-    the default scoring a word counts for a filter when the filter's top images evoke it more than
-    the subset's images do in general, so a concept tied to another in one subset (every circle is
-    red) shows in that concept's filters, while a concept the subset merely holds more of is
-    discounted with the rest of the subset; the vote (``scoring="vote"``) counts what the top
-    images show. For every word w in either result: ``count_x(w)`` = the number of filters whose
-    first ``num_words`` words (default: all kept) contain w, ``share_x = count_x / F`` (F the
-    filters explained) and ``difference = share_a - share_b``. Rows
-    ``{"concept", "count_a", "count_b", "share_a", "share_b", "difference"}`` are sorted by
-    difference, descending (the concepts a evokes more first, those b evokes more last), ties by
-    word. ``names`` name the two results in error messages.
+    Args:
+        value: the number, or None.
+        spec: its format spec (``"5.3f"``, ``"+6.3f"``).
     """
-    names = _names(names)
-    _check_result(f"result_a ({names[0]})", result_a)
-    _check_result(f"result_b ({names[1]})", result_b)
-    if num_words is not None:
-        positive_int("num_words", num_words)
-    layer_a, layer_b = (r.settings.get("layer") for r in (result_a, result_b))
-    if layer_a != layer_b:
-        raise InputError(f"the results explain different layers: {layer_a!r} ({names[0]}) and {layer_b!r} "
-                         f"({names[1]}); compare needs the same layer of the same network")
-    if sorted(result_a.filters) != sorted(result_b.filters):
-        only_a = sorted(set(result_a.filters) - set(result_b.filters))
-        only_b = sorted(set(result_b.filters) - set(result_a.filters))
-        raise InputError(f"the results explain different filters of {layer_a!r} ({len(result_a.filters)} and "
-                         f"{len(result_b.filters)}; only in {names[0]}: {only_a[:10]}, only in {names[1]}: "
-                         f"{only_b[:10]}); compare needs the same filters")
-    counts = []
-    for result in (result_a, result_b):
-        count: dict[str, int] = {}
-        for words in result.words:
-            for w in set(words[:num_words]):
-                count[w] = count.get(w, 0) + 1
-        counts.append(count)
-    total = len(result_a.filters)
-    rows = []
-    for w in set(counts[0]) | set(counts[1]):
-        a, b = counts[0].get(w, 0), counts[1].get(w, 0)
-        share_a, share_b = (a / total, b / total) if total else (0.0, 0.0)
-        rows.append({"concept": w, "count_a": a, "count_b": b, "share_a": share_a, "share_b": share_b,
-                     "difference": share_a - share_b})
-    rows.sort(key=lambda r: (-r["difference"], r["concept"]))
-    return rows
+    width = int(spec.lstrip("+").split(".")[0] or 0)
+    return "n/a".rjust(width) if value is None else format(value, spec)
 
 
-def _names(names: Sequence[str]) -> tuple[str, str]:
-    if isinstance(names, str) or len(names) != 2 or not all(isinstance(n, str) for n in names):
-        raise InputError(f"names must be two strings, got {names!r}")
-    return names[0], names[1]
+def score_table(recall: Mapping[str, Mapping], rank: Mapping[str, Mapping], dissection_in_top: Mapping[str, Mapping],
+                simulation: Mapping[str, Any], unseen_produced: float | None, unseen_words: int) -> list[str]:
+    """The terminal table of an evaluation: recall@5/10/20 for all, seen and unseen concepts (``recall`` maps
+    each part to its ``recall@n``, ``chance``, ``shuffled`` and ``gain``) beside recall@10's chance level,
+    shuffled-list recall and filter-specific gain; the mean rank of the ground-truth words against chance;
+    the Network-Dissection label among the first words; the simulation score; the unseen words named.
+    One line per row; ``n/a`` where a score is None. The demo and ``lavise-fast evaluate`` print it.
 
-
-def compare_plot(comparison: list[dict], path: str | os.PathLike, *, top: int = 15,
-                 names: Sequence[str] = ("a", "b")) -> None:
-    """Writes ``comparison`` (from :func:`compare`) as a self-contained SVG bar chart to ``path``,
-    atomically (a temporary file, then a rename).
-
-    One horizontal bar per concept, of length ``difference`` (share_a - share_b): the ``top``
-    concepts that ``names[0]`` evokes most over ``names[1]`` (bars to the right), then the ``top``
-    that ``names[1]`` evokes most (bars to the left), each labelled with its two counts.
+    Args:
+        recall: ``{"all" | "seen" | "unseen": {"recall@5", "recall@10", "recall@20", "chance", "shuffled",
+            "gain"}}``.
+        rank: ``{"seen" | "unseen": {"mean", "chance", "words"}}``.
+        dissection_in_top: ``{name: {"1", "3", "5", "filters"}}``.
+        simulation: ``{"words", "dissection", "random", "words_used"}``.
+        unseen_produced: the share of unseen words some filter names (None: none occurs).
+        unseen_words: how many unseen words occur in the reference labels.
     """
-    positive_int("top", top)
-    a_name, b_name = _names(names)
-    keys = {"concept", "count_a", "count_b", "difference"}
-    if not isinstance(comparison, list) or not all(isinstance(r, dict) and keys <= set(r) for r in comparison):
-        raise InputTypeError(f"comparison must be the list of rows that compare() returns (dicts with keys "
-                             f"{sorted(keys)})")
-    more_a = [r for r in comparison if r["difference"] > 0][:top]
-    more_b = [r for r in comparison if r["difference"] < 0][-top:]
-    shown = more_a + more_b
-    largest = max((abs(r["difference"]) for r in shown), default=0.0) or 1.0
-    row_h, label_w, half, top_h = 18, 130, 220, 48
-    width = label_w + 2 * half + 120
-    height = top_h + row_h * max(1, len(shown)) + 24
-    mid = label_w + half
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f"<title>Concepts {escape(a_name)} evokes more than {escape(b_name)}</title>",
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{mid}" y="16" text-anchor="middle" font-weight="bold">share of filters: '
-        f"{escape(a_name)} minus {escape(b_name)}</text>",
-        f'<text x="{mid + 6}" y="34" fill="#c0392b">more in {escape(a_name)} \u2192</text>',
-        f'<text x="{mid - 6}" y="34" text-anchor="end" fill="#2c6fbb">\u2190 more in {escape(b_name)}</text>',
-        f'<line x1="{mid}" y1="{top_h - 6}" x2="{mid}" y2="{height - 20}" stroke="#444"/>',
-    ]
-    if not shown:
-        parts.append(f'<text x="{mid}" y="{top_h + 12}" text-anchor="middle">no difference</text>')
-    for n, r in enumerate(shown):
-        y = top_h + n * row_h
-        length = abs(r["difference"]) / largest * half
-        x = mid if r["difference"] > 0 else mid - length
-        colour = "#c0392b" if r["difference"] > 0 else "#2c6fbb"
-        parts += [
-            f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{escape(str(r["concept"]))}</text>',
-            f'<rect x="{x:.2f}" y="{y + 3}" width="{length:.2f}" height="{row_h - 6}" fill="{colour}">'
-            f'<title>{escape(str(r["concept"]))}: {r["count_a"]} filters in {escape(a_name)}, '
-            f'{r["count_b"]} in {escape(b_name)} (difference {r["difference"]:+.3f})</title></rect>',
-            f'<text x="{mid + half + 8}" y="{y + 13}" fill="#555">{r["count_a"]} vs {r["count_b"]}</text>',
-        ]
-    parts.append(f'<text x="{mid}" y="{height - 6}" text-anchor="middle" fill="#555">'
-                 f"largest bar = {largest:.3f} of the filters</text>")
-    parts.append("</svg>\n")
-    path = Path(path)
-    atomic_write(path, "\n".join(parts))
+    lines = ["            recall@5  recall@10  recall@20 | recall@10: chance  shuffled     gain"]
+    for part in ("all", "seen", "unseen"):
+        r = recall[part]
+        lines.append(f"  {part:<8}    {format_score(r['recall@5'])}      {format_score(r['recall@10'])}      "
+                     f"{format_score(r['recall@20'])} |             {format_score(r['chance']['recall@10'])}     "
+                     f"{format_score(r['shuffled']['recall@10'])}    {format_score(r['gain']['recall@10'], '+6.3f')}")
+    lines += ["", "  mean rank of the ground-truth words (1 = first)     mean   chance"]
+    for part in ("seen", "unseen"):
+        entry = rank[part]
+        lines.append(f"  {part + ' words among the ' + str(entry['words']) + ' ' + part + ' words':<48}"
+                     f"{format_score(entry['mean'], '5.2f')}  {format_score(entry['chance'], '5.2f')}")
+    lines.append("")
+    for name, entry in dissection_in_top.items():
+        which = f"all {entry['filters']} filters" if name == "all" else f"{entry['filters']} filters with ND {name}"
+        lines.append(f"  Network-Dissection label among the first 1/3/5 words, {which}: "
+                     + " / ".join(format_score(entry[n]).strip() for n in ("1", "3", "5")))
+    sim = {key: format_score(simulation[key]).strip() for key in ("words", "dissection", "random")}
+    lines.append(f"  simulation score (correlation of activation and presence of the first "
+                 f"{simulation['words_used']} words): words {sim['words']}, ND labels {sim['dissection']}, "
+                 f"random words {sim['random']}")
+    named = "n/a" if unseen_produced is None else f"{round(unseen_produced * unseen_words)} of {unseen_words}"
+    lines.append(f"  unseen words named by some filter: {named} ({format_score(unseen_produced).strip()})")
+    return lines
 
+
+def evaluation_table(evaluation: Evaluation) -> list[str]:
+    """:func:`score_table` of a whole evaluation.
+
+    Args:
+        evaluation: what :func:`evaluate` returned.
+    """
+    recall = {part: {key: (evaluation if part == "all" else evaluation[part])[key]
+                     for key in ("recall@5", "recall@10", "recall@20", "chance", "shuffled", "gain")}
+              for part in ("all", "seen", "unseen")}
+    return score_table(recall, evaluation.rank, evaluation.dissection_in_top, evaluation.simulation,
+                       evaluation.unseen_produced, evaluation.unseen_words)
