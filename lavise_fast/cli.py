@@ -10,7 +10,8 @@ Subcommands (``lavise-fast <command> --help`` shows each one's options and examp
 - ``compare``: the concepts two results (the same network on two subsets) evoke more or less often;
 - ``export-onnx``: an explainer's head (and the scoring of a vocabulary) as one ONNX file.
 
-Models (``--model``): a torchvision model name with ``--weights FILE`` (a state dict), a TorchScript
+Models (``--model``): a torchvision model name or ``timm:NAME`` (a timm architecture; ``pip install
+'lavise_fast[timm]'``) with ``--weights FILE`` (a state dict; nothing is downloaded), a TorchScript
 file (its layers are its top-level children when it is an ``nn.Sequential``, else ``output``, the
 file's output), or ``efficientnet-lite0`` (ImageNet-pretrained, from the PyPI package).
 
@@ -328,20 +329,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     spec = _set_spec(args, allow_images=True)
     if spec is None:
         raise CommandError("give the target images: --images DIR, --coco IMAGE_DIR ANNOTATIONS or --world N")
-    several = len(args.explainer) > 1
+    paths = args.explainer or []
+    several = len(paths) > 1
     if several and args.layer:
         raise CommandError("--layer is for one explainer; with several, each explainer's own layer is explained")
+    if not paths and args.glove:
+        raise CommandError("--glove needs --explainer: the default explainer is trained in the default word space")
     out = _output_folder(args.out) if several else _output(args.out)
     device = _device(args.device)
-    explainers = [Explainer.load(path) for path in args.explainer]
+    explainers = [Explainer.load(path) for path in paths]
     space = _space(args.glove)
-    for path, explainer in zip(args.explainer, explainers, strict=True):
+    for path, explainer in zip(paths, explainers, strict=True):
         if explainer.space and explainer.space != space.name:
             raise CommandError(f"the explainer {path} was trained in the word space {explainer.space!r}, not "
                                f"{space.name!r}" + ("" if args.glove else ": give --glove PATH"))
     if several:
-        _check_one_explainer_per_layer(args.explainer, explainers)
-    vocabulary = _vocabulary(args.vocabulary, explainers, space)
+        _check_one_explainer_per_layer(paths, explainers)
+    if args.vocabulary not in ("entities", "vg", "explainer") and not Path(args.vocabulary).is_file():
+        raise MissingInputError(f"--vocabulary {args.vocabulary!r} is not entities, vg, explainer or an existing file")
+    vocabulary = _vocabulary(args.vocabulary, explainers, space) if explainers else None
     target = open_set(spec, masks=False)
     images = target if spec["kind"] == "images" else ImagesOf(target)
     model = load_model(args.model, args.weights, device)
@@ -352,11 +358,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         explainer, layer = dict(zip(layers, explainers, strict=True)), layers
         filters = None if args.filters is None else dict.fromkeys(layers, args.filters)
     else:
-        wanted = args.layer or explainers[0].layer or None
-        explainer, filters = explainers[0], args.filters
+        wanted = args.layer or (explainers[0].layer if explainers else None) or None
+        explainer, filters = (explainers[0] if explainers else None), args.filters
         layer = None if wanted is None else model_layer(model, wanted, None)
     with _process_group(args, device) as (rank, device):
         model = model.to(device)
+        if explainer is None:
+            from lavise_fast.default_explainers import default_explainer
+
+            explainer = default_explainer(model, loader, layer=layer, device=device, distributed=args.distributed,
+                                          progress=args.progress)
+            vocabulary = _vocabulary(args.vocabulary, [explainer], space)
         results = explain(model, loader, explainer, layer=layer, filters=filters, method=args.method,
                           scoring=args.scoring, top_images=args.top_images, words_per_image=args.words_per_image,
                           num_words=args.num_words,
@@ -559,8 +571,9 @@ _EXAMPLES = {
 
 def _add_model_options(parser: argparse.ArgumentParser, *, layer: bool) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL",
-                        help="a torchvision model name (with --weights), a TorchScript file, or efficientnet-lite0")
-    parser.add_argument("--weights", metavar="FILE", help="state dict for a torchvision model name")
+                        help="a torchvision model name or timm:NAME (with --weights), a TorchScript file, or "
+                             "efficientnet-lite0")
+    parser.add_argument("--weights", metavar="FILE", help="state dict for a torchvision or timm model name")
     if layer:
         parser.add_argument("--layer", metavar="NAME",
                             help="dotted layer name (default: the model's last 4-D feature map)")
@@ -616,9 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = add("explain", "describe every filter of a layer in words over a set of target images")
     _add_model_options(explain, layer=True)
-    explain.add_argument("--explainer", required=True, nargs="+", metavar="FILE",
+    explain.add_argument("--explainer", nargs="+", metavar="FILE",
                          help="an explainer written by train; several (one per layer) explain their layers in one "
-                              "pass, and --out is then a folder that gets LAYER.json for each")
+                              "pass, and --out is then a folder that gets LAYER.json for each; without it, the "
+                              "default explainer of the layer (trained on 1,000 embedded ConceptWorld images in "
+                              "the default word space, cached)")
     _add_set_options(explain, images=True, vg=False, title="target images (one of)")
     explain.add_argument("--vocabulary", default="entities", metavar="WORDS",
                          help="entities (the 1,202 LaViSE entities, default), vg (Visual Genome labels), explainer "
@@ -663,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_options(report, images=True, vg=False, title="target images (default: the result's target set)")
     report.add_argument("--no-images", action="store_true", help="words and scores only, no pictures")
     report.add_argument("--model", metavar="MODEL", help="draw each filter's activation map over its top images")
-    report.add_argument("--weights", metavar="FILE", help="state dict for a torchvision model name")
+    report.add_argument("--weights", metavar="FILE", help="state dict for a torchvision or timm model name")
     report.add_argument("--evaluation", metavar="FILE", help="an evaluation written by evaluate (recall, ND labels)")
     report.add_argument("--max-images", type=_non_negative, default=8, metavar="N", help="top images shown (8)")
     report.add_argument("--thumbnail", type=_positive, default=96, metavar="PX", help="picture size (96)")

@@ -15,6 +15,7 @@ from lavise_fast.cache import cache_dir
 from lavise_fast.data.world import ConceptWorld
 from lavise_fast.distributed import all_gather
 from lavise_fast.explainer import FORMAT, Explainer
+from lavise_fast.grids import layout_override
 from lavise_fast.hashing import model_fingerprint
 from lavise_fast.layers import default_layer, model_device, resolve_layer
 from lavise_fast.loaders import image_batch
@@ -70,7 +71,9 @@ def default_explainer(
         layer = default_layer(model, sample.to(dev))
     name, module = resolve_layer(model, layer)
     space = default_space()
-    key = model_fingerprint(model, name, space.name, world_size, epochs, FORMAT, RECIPE)
+    override = layout_override(module)  # a layout set by hand changes the explainer
+    key = model_fingerprint(model, name, space.name, world_size, epochs, FORMAT, RECIPE,
+                            *([override] if override is not None else []))
     path = cache_dir() / "explainers" / f"{key}.pt"
     cached = None
     if path.is_file():

@@ -1,9 +1,16 @@
-"""Reach any layer of any ``nn.Module`` and read its output, stopping the forward pass there.
+"""Reach any layer of any ``nn.Module`` and read its output as a feature map ``[N, C, H, W]``,
+stopping the forward pass there.
 
-A layer is named by its dotted name in ``model.named_modules()`` (``"layer4"``,
-``"features.28"``, ``"_blocks.15"``) or given as the module object. Without a name, the
-default is the last module (in execution order) whose output is 4-D with more than one spatial
-position, so that a global pooling layer is never chosen.
+A layer is named by its dotted name in ``model.named_modules()`` (``"layer4"``, ``"features.28"``,
+``"blocks.11"``) or given as the module object. Its output is read on its grid by
+:mod:`lavise_fast.grids`: CNN maps as they are, channels-last maps (Swin, ConvNeXt blocks) permuted,
+token sequences (ViT, DeiT, BEiT, Swin) without their class/distillation/register tokens and with
+the patch tokens put back on their grid. Without a name, the default layer of a CNN is the last
+module (in execution order) whose output is a 4-D map with more than one spatial position, so that
+a global pooling layer is never chosen (nor an ``nn.Identity``); of a transformer (a model with token or channels-last
+outputs) it is the last block: the last module with parameters, held in an ``nn.Sequential`` or
+``nn.ModuleList`` beside another module of its class (a stack of blocks or stages), whose output
+reads as such a map.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 from torch import nn
 
 from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.grids import Layout, as_feature_map, find_layout
 
 __all__ = ["resolve_layer", "default_layer", "LayerFeatures", "layer_features"]
 
@@ -50,11 +58,13 @@ class _Stop(Exception):
 
 
 class LayerFeatures:
-    """Captures the outputs of ``layers`` of ``model`` during a forward pass and stops the pass
-    right after the last of them has run (``stop_early=True``)::
+    """Captures the outputs of ``layers`` of ``model`` during a forward pass, each read as a feature
+    map (module docstring), and stops the pass right after the last of them has run
+    (``stop_early=True``)::
 
         with LayerFeatures(model, ["layer3", "layer4"]) as tap:
             feats = tap(images)          # {"layer3": [N, C3, H3, W3], "layer4": [N, C4, H4, W4]}
+        tap.layouts                      # {"layer3": Layout("nchw"), ...}: how each output was read
 
     Args:
         model: the network to run.
@@ -72,6 +82,7 @@ class LayerFeatures:
         self.layers = dict(layers) if isinstance(layers, Mapping) else dict(resolve_layer(model, layer)
                                                                               for layer in layers)
         self._outputs: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, Layout] = {}  # found on the first output of each layer
         self._wanted: set[str] = set(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -96,9 +107,9 @@ class LayerFeatures:
         return hook
 
     def __call__(self, images: torch.Tensor, only: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Runs the model on ``images`` and returns each layer's output (4-D ``[N, C, H, W]``);
-        with ``only`` (names among the layers), the pass stops once those have run, and the dict
-        holds them (and any other layer that ran before them).
+        """Runs the model on ``images`` and returns each layer's output as a feature map ``[N, C, H, W]``
+        (contiguous where it had to be rearranged); with ``only`` (names among the layers), the pass
+        stops once those have run, and the dict holds them (and any other layer that ran before them).
 
         Args:
             images: the model's input, e.g. [N, 3, H, W].
@@ -118,13 +129,15 @@ class LayerFeatures:
         missing = [name for name in self.layers if name in wanted and name not in self._outputs]
         if missing:
             raise RuntimeError(f"the forward pass of {type(self.model).__name__} never ran layer(s) {missing}")
+        maps = {}
         for name, out in self._outputs.items():
-            if out.dim() != 4:
-                raise InputError(
-                    f"layer {name!r} outputs a {out.dim()}-D tensor of shape {tuple(out.shape)}; "
-                    "filters are explained on 4-D [N, C, H, W] feature maps"
-                )
-        return self._outputs
+            if name not in self.layouts:
+                self.layouts[name] = find_layout(name, self.layers[name], out, self.model)
+            layout = self.layouts[name]
+            maps[name] = as_feature_map(out, layout, name)
+            if layout.kind != "nchw":
+                maps[name] = maps[name].contiguous()
+        return maps
 
 
 @torch.no_grad()
@@ -140,10 +153,27 @@ def layer_features(model: nn.Module, layer: str | nn.Module, images: torch.Tenso
         return next(iter(tap(images).values()))
 
 
+def _positions(name: str, module: nn.Module, output: object, model: nn.Module) -> tuple[str, int] | None:
+    """(layout kind, grid positions) of an output that reads as a feature map, or None."""
+    if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
+        return None
+    try:
+        layout = find_layout(name, module, output, model)
+    except InputError:
+        return None
+    if layout.kind == "nchw":
+        return "nchw", output.shape[2] * output.shape[3]
+    if layout.kind == "nhwc":
+        return "nhwc", output.shape[1] * output.shape[2]
+    return "tokens", output.shape[1] - layout.prefix
+
+
 @torch.no_grad()
 def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
-    """The dotted name of the last module, in execution order, whose output for ``sample`` is 4-D
-    with more than one spatial position (so never a global pooling layer).
+    """The dotted name of the layer explained when none is named (module docstring): for a CNN the
+    last module, in execution order, whose output for ``sample`` is 4-D with more than one spatial
+    position (so never a global pooling layer); for a transformer (some output is a token sequence or
+    a channels-last map) its last block.
 
     Args:
         model: the network; it runs once, in full, on ``sample``.
@@ -152,15 +182,13 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
     Raises:
         ValueError: no module gives such an output.
     """
-    order: list[str] = []
+    modules = {name: module for name, module in model.named_modules() if name}
+    finished: list[tuple[str, tuple[str, int] | None]] = []  # in the order the modules finish
     handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
+    for name, module in modules.items():
 
         def hook(module: nn.Module, inputs: object, output: object, name: str = name) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
-                order.append(name)
+            finished.append((name, _positions(name, module, output, model)))
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -168,10 +196,22 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
+    if any(grid is not None and grid[0] != "nchw" for _, grid in finished):
+        def block(name: str, stacked: bool) -> bool:
+            """Has parameters and sits in a Sequential/ModuleList (``stacked``: beside one of its class)."""
+            parent, module = modules.get(name.rpartition(".")[0], model), modules[name]
+            return (isinstance(parent, (nn.Sequential, nn.ModuleList)) and any(True for _ in module.parameters())
+                    and (not stacked or sum(type(m) is type(module) for m in parent.children()) > 1))
+
+        maps = [name for name, grid in finished if grid is not None and grid[1] > 1]
+        order = [name for name in maps if block(name, True)] or [name for name in maps if block(name, False)]
+    else:  # never an nn.Identity (timm's norm_pre): the module before it gives the same map
+        order = [name for name, grid in finished if grid is not None and grid[0] == "nchw" and grid[1] > 1
+                 and not isinstance(modules[name], nn.Identity)]
     if not order:
         raise InputError(f"no module of {type(model).__name__} outputs a 4-D feature map with more than one position")
-    # The last 4-D output to run; among modules finishing together (a block and its last
-    # child), the outermost, which was registered first and finished last.
+    # The last to finish; among modules finishing together (a block and its last child), the
+    # outermost, which finished last.
     return order[-1]
 
 

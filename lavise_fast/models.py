@@ -1,7 +1,8 @@
 """Models by name: what ``--model NAME [--weights FILE]`` builds, and the pretrained EfficientNet-Lite0.
 
-- :func:`load_model`: a torchvision classification model with the user's state dict (nothing is
-  downloaded), a TorchScript file, or ``efficientnet-lite0``; in eval mode on the device.
+- :func:`load_model`: a torchvision classification model or a timm architecture (``timm:NAME``)
+  with the user's state dict (nothing is downloaded), a TorchScript file, or ``efficientnet-lite0``;
+  in eval mode on the device.
 - :func:`load_torchscript`: a TorchScript file as an ``nn.Sequential`` of :class:`TorchScriptStage`
   (forward hooks, which TorchScript modules refuse, go on the stages).
 - :func:`model_layer`: the layer to explain (the given one, checked, or the model's default).
@@ -24,8 +25,8 @@ from lavise_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lavise_fast.errors import InputError, MissingInputError, MissingPackageError
 from lavise_fast.layers import default_layer, resolve_layer
 
-__all__ = ["load_model", "load_torchscript", "torchvision_model", "model_layer", "TorchScriptStage",
-           "EfficientNetLite0", "efficientnet_lite0"]
+__all__ = ["load_model", "load_torchscript", "torchvision_model", "timm_model", "read_state_dict", "model_layer",
+           "TorchScriptStage", "EfficientNetLite0", "efficientnet_lite0"]
 
 
 class TorchScriptStage(nn.Module):
@@ -102,45 +103,103 @@ def torchvision_model(name: str, weights: str | None) -> nn.Module:
         hint = f" (similar: {', '.join(near)})" if near else ""
         raise InputError(f"--model {name!r} is not a file, nor efficientnet-lite0, nor a torchvision classification "
                            f"model name{hint}")
+    state = read_state_dict(weights, name)
+    # The classifier's size: ImageNet's 1000, else the first dimension of the last weight (fc.weight,
+    # classifier.1.weight, ...).
+    return _fitted(lambda num_classes: torchvision.models.get_model(name, weights=None, num_classes=num_classes),
+                   state, name, weights)
+
+
+def timm_model(name: str, weights: str | None) -> nn.Module:
+    """The timm architecture ``name`` (``timm.create_model(name, pretrained=False)``) with the state dict in
+    ``weights``: no model hub is ever contacted.
+
+    The state dict may be wrapped and prefixed as for :func:`torchvision_model`; the classifier has 1000
+    classes, or as many as the state dict's last weight has rows (0 for a headless state dict).
+
+    Args:
+        name: a name from ``timm.list_models()`` (e.g. "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224",
+            "convnext_tiny").
+        weights: the state dict file (``torch.save`` or ``.safetensors``); None is refused.
+
+    Raises:
+        InputError: timm is missing (``pip install 'lavise_fast[timm]'``), ``name`` is unknown, or
+            ``weights`` is absent, unreadable or does not fit the model.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise MissingPackageError(f"--model timm:{name} needs timm: pip install 'lavise_fast[timm]'") from None
+    known = timm.list_models()
+    if name not in known:
+        import difflib
+
+        near = difflib.get_close_matches(name.lower(), known, n=5, cutoff=0.6)
+        hint = f" (similar: {', '.join(near)})" if near else ""
+        raise InputError(f"--model timm:{name}: {name!r} is not a timm model name{hint}")
+    state = read_state_dict(weights, f"timm:{name}")
+    return _fitted(lambda num_classes: timm.create_model(name, pretrained=False, num_classes=num_classes),
+                   state, f"timm:{name}", weights)
+
+
+def read_state_dict(weights: str | None, model: str) -> dict[str, torch.Tensor]:
+    """The state dict in the file ``weights`` for the model named ``model`` (in messages): unwrapped from
+    ``{"state_dict": ...}`` or ``{"model": ...}``, ``module.`` prefixes removed.
+
+    Args:
+        weights: a ``torch.save`` file (read with ``weights_only=True``) or a ``.safetensors`` file.
+        model: the ``--model`` value, for messages.
+
+    Raises:
+        InputError: ``weights`` is None, or the file holds no state dict.
+        MissingInputError: the file does not exist.
+    """
     if weights is None:
-        raise InputError(f"--model {name} needs --weights FILE (a state dict of {name}): nothing is downloaded")
+        raise InputError(f"--model {model} needs --weights FILE (a state dict of {model}): nothing is downloaded")
     path = Path(weights)
     if not path.is_file():
         raise MissingInputError(f"--weights {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise InputError(f"--weights {path} is not a readable state dict ({str(error).splitlines()[0]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise InputError(f"--weights {path} does not hold a state dict (a mapping of names to tensors)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    # The classifier's size: ImageNet's 1000, else the first dimension of the last weight (fc.weight,
-    # classifier.1.weight, ...).
-    weights_ = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
-    sizes = dict.fromkeys([1000, *([int(weights_[-1].shape[0])] if weights_ else [])])
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _fitted(build, state: dict[str, torch.Tensor], name: str, weights: str) -> nn.Module:
+    """``build(num_classes)`` with ``state`` loaded: 1000 classes, else the rows of the state's last weight."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
+    sizes = dict.fromkeys([1000, *([int(matrices[-1].shape[0])] if matrices else [])])
     error = None
     for num_classes in sizes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+            model = build(num_classes)
         try:
             model.load_state_dict(state)
             return model
         except RuntimeError as failure:
             error = error or failure
     lines = str(error).splitlines()
-    raise InputError(f"--weights {path} does not fit {name}: {' '.join(x.strip() for x in lines[:2])}")
+    raise InputError(f"--weights {weights} does not fit {name}: {' '.join(x.strip() for x in lines[:2])}")
 
 
 def load_model(spec: str, weights: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """The model that ``--model spec [--weights FILE]`` names, in eval mode on ``device``.
 
     Args:
-        spec: "efficientnet-lite0", a TorchScript file, or a torchvision model name.
-        weights: the state dict file of a torchvision model (refused with a TorchScript file).
+        spec: "efficientnet-lite0", a TorchScript file, a torchvision model name, or ``timm:NAME``.
+        weights: the state dict file of a torchvision or timm model (refused with a TorchScript file).
         device: where to put the model.
     """
     if spec == "efficientnet-lite0":
@@ -149,6 +208,8 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
         if weights is not None:
             raise InputError("--weights goes with a torchvision model name; a TorchScript file holds its weights")
         model = load_torchscript(spec)
+    elif spec.startswith("timm:"):
+        model = timm_model(spec.removeprefix("timm:"), weights)
     elif os.sep in spec or spec.endswith((".pt", ".pth", ".ts")):
         raise MissingInputError(f"--model {spec!r}: no such file")
     else:

@@ -22,6 +22,7 @@ from lavise_fast.data.collate import collate_reference
 from lavise_fast.distributed import all_gather, current_shard, shard_indices
 from lavise_fast.errors import DistributedError, InputError, InputTypeError
 from lavise_fast.files import atomic_write, atomic_write_json
+from lavise_fast.grids import layout_override
 from lavise_fast.hashing import model_fingerprint
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
 
@@ -83,7 +84,9 @@ def pool_reference(
     if cache is not None:
         cache = Path(cache)
         meta_path = cache.with_name(cache.name + ".json")
-        key = model_fingerprint(model, name, len(reference), type(reference).__qualname__)
+        override = layout_override(module)  # a layout set by hand changes the vectors
+        key = model_fingerprint(model, name, len(reference), type(reference).__qualname__,
+                                *([override] if override is not None else []))
         cached = _read_pooled(cache, meta_path, key)
         if shard is not None and not all(all_gather(cached is not None, "the cache's presence")):
             cached = None  # every rank takes the same path

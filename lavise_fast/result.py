@@ -28,7 +28,9 @@ _KNOWN_FORMATS = ("lavise_fast.result/1", FORMAT)
 class SweepSettings(Mapping):
     """How a sweep was run. Read by evaluation, the report, bias comparison and the CLI.
 
-    ``layer`` explained; ``method`` and ``scoring`` (``None`` in files of the first version: the
+    ``layer`` explained and its ``layout``, how its output was read as a feature map
+    (:meth:`lavise_fast.grids.Layout.describe`: ``"nchw"``, ``"nhwc"`` or which tokens were dropped;
+    None in older files); ``method`` and ``scoring`` (``None`` in files of the first version: the
     vote); ``top_images`` (P), ``words_per_image`` (s), ``num_words``; ``quantile`` of the
     thresholds (None when given: ``thresholds_given``); ``images`` the loader gave; the word
     ``space`` and ``vocabulary_size``; ``baseline_pairs`` the layer baseline rests on; the
@@ -40,6 +42,7 @@ class SweepSettings(Mapping):
     """
 
     layer: str | None = None
+    layout: str | None = None
     method: str | None = None
     scoring: str | None = None
     top_images: int | None = None

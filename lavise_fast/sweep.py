@@ -42,6 +42,7 @@ from lavise_fast.default_explainers import default_explainer
 from lavise_fast.distributed import Shard, all_gather, current_shard, shard_loader
 from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.explainer import Explainer
+from lavise_fast.grids import layout_override
 from lavise_fast.groups import split_in_two
 from lavise_fast.hashing import digest, model_fingerprint
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
@@ -202,6 +203,10 @@ def explain(
     if checkpoint is not None:
         fields = _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_of, method, top_images,
                                     s, quantile, head)
+        overrides = {name: repr(layout_override(module)) for name, module in plan.layers.items()
+                     if layout_override(module) is not None}
+        if overrides:  # a layout set by hand changes the maps (absent otherwise, so older checkpoints resume)
+            fields["layouts"] = overrides
         saver = SweepCheckpoint(checkpoint, fields, *((shard.rank, shard.world) if shard else (0, 1)))
 
     sweeps: dict[str, LayerSweep] | None = None
@@ -216,8 +221,10 @@ def explain(
                 for name, state in resumed["layers"].items():
                     sweeps[name].load_state_dict(state)
 
+        layouts = dict(resumed.get("layouts", {})) if resumed is not None else {}
+
         def save() -> None:
-            saver.save({"images": base, "batches": batches, "pass_done": pass_done,
+            saver.save({"images": base, "batches": batches, "pass_done": pass_done, "layouts": layouts,
                         "layers": {} if sweeps is None else {n: sw.state_dict() for n, sw in sweeps.items()}})
 
         if not pass_done:
@@ -227,6 +234,7 @@ def explain(
                               disable=not progress):
                 images = image_batch(batch).to(device)
                 features = tap(images)
+                layouts.update({name: layout.describe() for name, layout in tap.layouts.items()})
                 if sweeps is None:
                     sweeps = start({name: features[name].shape[1] for name in names})
                 for name, sweep in sweeps.items():
@@ -248,6 +256,7 @@ def explain(
         if rerun:
             _rerun_top_images(rerun, run_loader, tap, threshold_of, batch_size_of(loader, 64), device, progress,
                               image_index)
+            layouts.update({name: layout.describe() for name, layout in tap.layouts.items()})
             if shard is not None:
                 _merge_pairs(rerun)
         for sweep in sweeps.values():
@@ -257,13 +266,13 @@ def explain(
     for name, sweep in sweeps.items():
         _report_non_finite(sweep)
         results[name] = _result(sweep, vocabulary, words, explainers[name], threshold_of[name], scoring, s, num_words,
-                                quantile, thresholds is not None, base)
+                                quantile, thresholds is not None, base, layouts.get(name))
     return results if many else results[names[0]]
 
 
 def _result(sweep: LayerSweep, vocabulary: Vocabulary, words: torch.Tensor, explainer: Explainer,
             thresholds: torch.Tensor, scoring: str, s: int, num_words: int, quantile: float, thresholds_given: bool,
-            images: int) -> ExplainResult:
+            images: int, layout: str | None) -> ExplainResult:
     """The words of every chosen filter and of its groups, from the top pairs' embeddings."""
     top = sweep.tops.indices[sweep.chosen]
     embeddings, weights = sweep.pairs.tensors(sweep.chosen, top.cpu(), words.shape[1], words.device)
@@ -282,8 +291,9 @@ def _result(sweep: LayerSweep, vocabulary: Vocabulary, words: torch.Tensor, expl
         result_acts.append(sweep.tops.values[k, : len(idx)].tolist())
     groups = _groups(embeddings, weights, top, words, scoring, s, num_words, baseline, vocabulary, result_words,
                      result_scores)
-    settings = SweepSettings(layer=sweep.name, method=sweep.method, scoring=scoring, top_images=sweep.tops.k,
-                             words_per_image=s, num_words=num_words, quantile=None if thresholds_given else quantile,
+    settings = SweepSettings(layer=sweep.name, layout=layout, method=sweep.method, scoring=scoring,
+                             top_images=sweep.tops.k, words_per_image=s, num_words=num_words,
+                             quantile=None if thresholds_given else quantile,
                              thresholds_given=thresholds_given, images=images, space=explainer.space,
                              vocabulary_size=len(vocabulary.words), baseline_pairs=baseline.pairs,
                              seen=list(explainer.seen), unseen=list(explainer.unseen))

@@ -29,6 +29,7 @@ CASES = {
     "exact": (12, 3, "block3", "image"),  # the sketch is exact (432 values per channel): thresholds too
     "layers": (45, 5, setup.LAYERS, "projection"),  # 23 and 22 images
     "activation": (45, 5, ["block2", "block3"], "activation"),
+    "tokens": (45, 5, ["tokens"], "image"),  # a ViT's layout: the class token dropped, 6 x 6 patches
 }
 
 
@@ -43,9 +44,8 @@ def main() -> None:
     for name, (n, batch_size, layers, method) in CASES.items():
         die_at = args.die_at if dist.get_rank() == 1 else None
         dataset = setup.RandomImages(n, die_at=die_at)
-        expls = setup.explainers()
-        chosen = {layer: expls[layer] for layer in layers} if isinstance(layers, list) else expls[layers]
-        result = explain(setup.tiny_model(), setup.loader(dataset, batch_size), chosen, layer=layers,
+        result = explain(setup.model_for(layers), setup.loader(dataset, batch_size), setup.explainers_for(layers),
+                         layer=layers,
                          vocabulary=setup.vocabulary(), top_images=4, words_per_image=3, method=method,
                          distributed=True, progress=False)
         results[name] = {k: asdict(r) for k, r in result.items()} if isinstance(result, dict) else asdict(result)

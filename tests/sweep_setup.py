@@ -40,6 +40,41 @@ def explainers() -> dict[str, Explainer]:
     return out
 
 
+class ToTokens(nn.Module):
+    """[N, C, h, w] -> [N, 1 + h * w, C]: a class token, then the positions in row-major order (a ViT's layout)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.cls.expand(len(x), -1, -1), x.flatten(2).transpose(1, 2)], 1)
+
+
+class TokenMean(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+def model_for(layers) -> nn.Module:
+    """The tiny CNN; for layers holding ``"tokens"``, the tiny CNN whose last map goes on as a ViT's tokens."""
+    model = tiny_model()
+    if "tokens" not in ([layers] if isinstance(layers, str) else layers):
+        return model
+    torch.manual_seed(4)
+    return nn.Sequential(OrderedDict([*((name, getattr(model, name)) for name in LAYERS), ("tokens", ToTokens(24)),
+                                      ("pool", TokenMean()), ("fc", nn.Linear(24, 5))])).eval()
+
+
+def explainers_for(layers):
+    """The explainer of ``layers`` (a name), or a dict of them (a list of names); ``"tokens"`` has its own."""
+    expls = explainers()
+    torch.manual_seed(5)
+    expls["tokens"] = Explainer(24, DIM, layer="tokens", space="sweep-test").eval()
+    expls["tokens"].trained = True
+    return {layer: expls[layer] for layer in layers} if isinstance(layers, list) else expls[layers]
+
+
 def vocabulary() -> Vocabulary:
     g = torch.Generator().manual_seed(2)
     words = [f"w{i}" for i in range(40)]

@@ -23,9 +23,8 @@ SCRIPT = Path(__file__).with_name("distributed_sweep.py")
 
 
 def single_process(n, batch_size, layers, method):
-    expls = setup.explainers()
-    chosen = {layer: expls[layer] for layer in layers} if isinstance(layers, list) else expls[layers]
-    return explain(setup.tiny_model(), setup.loader(setup.RandomImages(n), batch_size), chosen, layer=layers,
+    return explain(setup.model_for(layers), setup.loader(setup.RandomImages(n), batch_size),
+                   setup.explainers_for(layers), layer=layers,
                    vocabulary=setup.vocabulary(), top_images=4, words_per_image=3, method=method, progress=False)
 
 
