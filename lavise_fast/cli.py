@@ -33,6 +33,7 @@ import torch
 from lavise_fast.data.folders import ImageFolder, ImagesOf
 from lavise_fast.errors import InputError, LaviseError, MissingInputError
 from lavise_fast.files import atomic_write, atomic_write_json
+from lavise_fast.loaders import default_workers
 from lavise_fast.models import load_model, model_layer
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS
 
@@ -351,8 +352,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     target = open_set(spec, masks=False)
     images = target if spec["kind"] == "images" else ImagesOf(target)
     model = load_model(args.model, args.weights, device)
-    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=args.workers)
+    workers = args.workers if args.workers is not None else default_workers() if spec["kind"] == "images" else 0
+    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
     if several:
         layers = [model_layer(model, e.layer, None) for e in explainers]
         explainer, layer = dict(zip(layers, explainers, strict=True)), layers
@@ -651,7 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="words each top image votes for, with --scoring vote (5)")
     explain.add_argument("--num-words", type=_positive, default=10, metavar="N", help="words kept per filter (10)")
     explain.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
-    explain.add_argument("--workers", type=_non_negative, default=0, help="DataLoader workers reading images (0)")
+    explain.add_argument("--workers", type=_non_negative, default=None,
+                         help="DataLoader worker processes reading images (default: with --images, the cores this "
+                              "process may use, at most 8; else 0, in this process)")
     explain.add_argument("--checkpoint", metavar="DIR", help="save the sweep's state in this folder and resume "
                          "from it after a crash (the same command again)")
     explain.add_argument("--checkpoint-every", type=_positive, default=100, metavar="N",

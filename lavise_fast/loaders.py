@@ -10,6 +10,7 @@ read again and the wanted images picked out.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -17,7 +18,17 @@ from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Sub
 
 from lavise_fast.errors import InputError, InputTypeError
 
-__all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "images_at", "batches_after"]
+__all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "images_at", "batches_after",
+           "default_workers"]
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for decoding image files: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def image_batch(batch) -> torch.Tensor:

@@ -232,7 +232,7 @@ def explain(
             desc = f"explain {', '.join(names)}" + (f" (rank {shard.rank} of {shard.world})" if shard else "")
             for batch in tqdm(batches_after(run_loader, batches, base), desc=desc, total=total, initial=batches,
                               disable=not progress):
-                images = image_batch(batch).to(device)
+                images = image_batch(batch).to(device, non_blocking=True)  # from pinned memory: asynchronous
                 features = tap(images)
                 layouts.update({name: layout.describe() for name, layout in tap.layouts.items()})
                 if sweeps is None:

@@ -155,14 +155,19 @@ def test_model_errors_exit_2(capsys, tmp_path, explainer_file, files):
     assert "TorchScript" in line
 
 
-def test_corrupted_image_in_folder_is_skipped_with_a_one_line_warning(capsys, tmp_path, files, explainer_file):
+@pytest.mark.parametrize("workers", [[], ["--workers", "0"]])
+def test_corrupted_image_in_folder_is_skipped_with_a_one_line_warning(capfd, tmp_path, files, explainer_file,
+                                                                       workers):
+    """In this process or (the default) in DataLoader workers, whose stderr is the command's: captured at
+    the file descriptor."""
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "a.png")
     (folder / "b.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "r.json"
-    code, _, err = run(capsys, "explain", "--model", files["model"], "--explainer", explainer_file, "--images",
-                       str(folder), "--vocabulary", "explainer", "--no-progress", "--out", str(out))
+    code = cli.main(["explain", "--model", files["model"], "--explainer", explainer_file, "--images", str(folder),
+                     "--vocabulary", "explainer", *workers, "--no-progress", "--out", str(out)])
+    err = capfd.readouterr().err
     assert code == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -382,3 +387,29 @@ def test_explain_distributed_outside_torchrun_and_checkpoint_resume(capsys, monk
     line = one_line_error(capsys, *common, "--top-images", "5", "--checkpoint", str(ckpt),
                           "--out", str(tmp_path / "c.json"))
     assert "belongs to another sweep (top_images: the checkpoint has 4, this sweep 5)" in line
+
+
+def test_image_folders_decode_in_worker_processes_by_default_with_the_same_result(capsys, files, explainer_file,
+                                                                                 tmp_path, monkeypatch):
+    from lavise_fast.loaders import default_workers
+    from lavise_fast.result import ExplainResult
+
+    workers = []
+    real = torch.utils.data.DataLoader
+
+    def counting(*args, **kwargs):
+        workers.append(kwargs.get("num_workers", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", counting)
+    results = {}
+    for name, extra in (("default", []), ("main", ["--workers", "0"])):
+        out = tmp_path / f"{name}.json"
+        code, printed, _ = run(capsys, "explain", "--model", files["model"], "--explainer", explainer_file,
+                               "--images", files["images"], "--resize", "40", "--crop", "32", "--batch-size", "4",
+                               "--top-images", "3", *extra, "--no-progress", "--out", str(out))
+        assert code == 0, printed
+        results[name] = ExplainResult.load(out)
+    assert workers[0] == default_workers() >= 1 and workers[-1] == 0
+    a, b = results["default"], results["main"]
+    assert (a.words, a.top_images, a.thresholds) == (b.words, b.top_images, b.thresholds)

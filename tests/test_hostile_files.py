@@ -757,3 +757,43 @@ def test_an_error_in_a_dataloader_worker_is_still_one_line(capsys, coco_files, t
     )
     assert line.startswith("lavise-fast explain: error: image file ") and "000000000003.png' does not exist" in line
     assert "Traceback" not in line and "worker" not in line
+
+
+# ------------------------------------------------------------------------------------------------ image modes
+
+_RAMP = np.arange(32 * 48, dtype=np.float64).reshape(32, 48) / (32 * 48 - 1)  # 0 .. 1
+
+
+@pytest.mark.parametrize(("name", "pixels", "expected"), [
+    ("grey16.png", (_RAMP * 65535).round().astype(np.uint16), np.rint(np.rint(_RAMP * 65535) / 257)),
+    ("grey16.tif", (_RAMP * 65535).round().astype(np.uint16), np.rint(np.rint(_RAMP * 65535) / 257)),
+    ("float.tif", _RAMP.astype(np.float32), np.rint(_RAMP.astype(np.float32).astype(np.float64) * 255)),
+    ("grey8.png", (_RAMP * 255).round().astype(np.uint8), (_RAMP * 255).round()),
+    ("rgb8.png", np.stack([(_RAMP * 255).round().astype(np.uint8)] * 3, -1), (_RAMP * 255).round()),
+])
+def test_deep_images_are_scaled_to_eight_bits_not_clipped(tmp_path, name, pixels, expected):
+    """16-bit and float grey images read as their values scaled to 0..255 (PIL's convert would clip them
+    to white), through the folder dataset the command line reads."""
+    from lavise_fast.data import ImageFolder, open_rgb
+
+    Image.fromarray(pixels).save(tmp_path / name)
+    got = np.asarray(open_rgb(tmp_path / name)).astype(np.float64)
+    assert got.shape == (32, 48, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(got[:, :, channel], expected)
+    item = ImageFolder(tmp_path, resize=None, crop=None)[0]
+    assert item.shape == (3, 32, 48) and float(item.std()) > 0.5  # a ramp, not one colour
+
+
+@pytest.mark.parametrize(("pixels", "problem"), [
+    ((_RAMP * 1000).astype(np.float32), r"floating-point pixels from 0 to 1000 .*values in \[0, 1\]"),
+    (np.where(_RAMP > 0.5, np.nan, _RAMP).astype(np.float32), r"NaN/infinity"),
+    ((_RAMP * 100000).astype(np.int32), r"I pixels from 0 to 100000: .*at most 16 bits"),
+])
+def test_deep_images_out_of_range_are_refused_naming_the_file(tmp_path, pixels, problem):
+    from lavise_fast.data import open_rgb
+
+    Image.fromarray(pixels).save(tmp_path / "deep.tif")
+    with pytest.raises(ValueError, match=problem) as caught:
+        open_rgb(tmp_path / "deep.tif")
+    assert "deep.tif" in str(caught.value) and "cannot be read" not in str(caught.value)

@@ -11,10 +11,13 @@ batching of items.
 - :func:`collate_reference`: a DataLoader ``collate_fn`` for reference items.
 - :class:`ImageFolder` (every image under a folder) and :class:`ImagesOf` (the images of reference
   items): target sets of images only, what :func:`lavise_fast.explain` reads.
+- :func:`open_rgb`: how every dataset here decodes a file (16-bit and float grey images scaled to 8
+  bits, not clipped; errors name the file).
 
 The word lists shipped with the package (``*.txt`` here) are read by :mod:`lavise_fast.vocabularies`.
 """
 
+from lavise_fast.data._common import open_rgb
 from lavise_fast.data.coco import CocoInstances
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.data.folders import ImageFolder, ImagesOf
@@ -33,4 +36,5 @@ __all__ = [
     "ConceptWorld",
     "ImageFolder",
     "ImagesOf",
+    "open_rgb",
 ]

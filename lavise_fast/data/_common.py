@@ -31,23 +31,49 @@ def check_dir(path: str | os.PathLike, argument: str) -> Path:
     return path
 
 
+def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
+    """A grey image of more than 8 bits as 8 bits, scaled, not clipped (PIL's ``convert`` clips: a
+    16-bit PNG would turn white): 16-bit integers (``I;16*``, or ``I`` within 0..65535) as
+    ``round(v / 257)``; floats (``F``, a float TIFF) in [0, 1] as ``round(255 v)``; anything else refused."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not np.isfinite(values).all() or low < 0 or high > 1:
+            raise InputError(f"image file {str(path)!r} holds floating-point pixels from {low:g} to {high:g} "
+                             "(or NaN/infinity): lavise_fast reads float images with values in [0, 1]; convert "
+                             "it to 8 or 16 bits")
+        scaled = np.rint(values.astype(np.float64) * 255)
+    else:
+        values = values.astype(np.int64)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise InputError(f"image file {str(path)!r} holds {image.mode} pixels from {low} to {high}: "
+                             "lavise_fast reads integer images of at most 16 bits (0..65535)")
+        scaled = np.rint(values / 257)
+    return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """The image at ``path`` as an RGB PIL image, fully read; errors name the file.
+    """The image at ``path`` as an RGB PIL image, fully read; errors name the file. Grey images of 16
+    bits (PNG, TIFF) or of floats in [0, 1] (TIFF) are scaled to 8 bits, not clipped.
 
     Args:
         path: the image file.
 
     Raises:
         MissingInputError: there is no file at ``path``.
-        InputError: the file does not decode as an image.
+        InputError: the file does not decode as an image, or holds 32-bit integers above 65535 or floats
+            outside [0, 1].
     """
     if not path.is_file():
         raise MissingInputError(f"image file {str(path)!r} does not exist")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            deep = image.mode.startswith("I") or image.mode == "F"
+            image = image.copy() if deep else image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"image file {str(path)!r} cannot be read as an image: {error}") from None
+    return _eight_bit(image, path).convert("RGB") if deep else image
 
 
 BAD_IMAGE_POLICIES = ("skip", "raise")
