@@ -32,7 +32,7 @@ import torch
 
 from lavise_fast.data.folders import ImageFolder, ImagesOf
 from lavise_fast.errors import InputError, LaviseError, MissingInputError
-from lavise_fast.files import atomic_write, atomic_write_json
+from lavise_fast.files import atomic_write, atomic_write_json, check_output
 from lavise_fast.loaders import default_workers
 from lavise_fast.models import load_model, model_layer
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS
@@ -155,23 +155,26 @@ _non_negative = _number(int, "an integer >= 0", lambda v: v >= 0)
 _fraction = _number(float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 
 
+_MAX_FILTER = 1 << 20  # more channels than any layer has: indices above are refused before a list is built
+
+
 def _filters(text: str) -> list[int]:
-    """``"0-9,12"`` -> [0, ..., 9, 12]."""
+    """``"0-9,12"`` -> [0, ..., 9, 12]; indices above ``_MAX_FILTER`` are refused before any list is built."""
     out: list[int] = []
     try:
         for part in text.split(","):
             part = part.strip()
-            if "-" in part:
-                low, high = (int(x) for x in part.split("-", 1))
-                if high < low:
-                    raise ValueError
-                out += range(low, high + 1)
-            else:
-                out.append(int(part))
+            low, _, high = part.partition("-")
+            low, high = int(low), int(high) if high else int(low)
+            if high < low:
+                raise ValueError
+            if low < 0:
+                raise argparse.ArgumentTypeError(f"filter indices must be >= 0, got {text!r}")
+            if high >= _MAX_FILTER:
+                raise argparse.ArgumentTypeError(f"filter index {high} is beyond any layer (at most {_MAX_FILTER - 1})")
+            out += range(low, high + 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected filter indices such as 0-9,12, got {text!r}") from None
-    if min(out) < 0:
-        raise argparse.ArgumentTypeError(f"filter indices must be >= 0, got {text!r}")
     return out
 
 
@@ -224,19 +227,48 @@ def _add_distributed_options(parser: argparse.ArgumentParser, what: str) -> None
                         help="with --distributed: how long a rank waits for the others before failing (1800)")
 
 
-def _output(path: str) -> Path:
+def _inputs(args: argparse.Namespace) -> dict[str, str]:
+    """Every input file of the command, by the option that names it: an output may be none of them."""
+    found: dict[str, str] = {}
+    for option in ("model", "weights", "glove", "vocabulary", "result", "evaluation", "feature_cache"):
+        value = getattr(args, option, None)
+        if isinstance(value, str) and Path(value).is_file():
+            found[f"--{option.replace('_', '-')}"] = value
+    explainers = getattr(args, "explainer", None)
+    for value in [explainers] if isinstance(explainers, str) else explainers or []:
+        found[f"--explainer {value}"] = value
+    for option, index in (("coco", 1), ("vg", 1)):
+        value = getattr(args, option, None)
+        if value:
+            found[f"--{option}"] = value[index]
+    for n, value in enumerate(getattr(args, "results", None) or []):
+        found[f"result {'ab'[n]}"] = value
+    return found
+
+
+def _output(path: str, args: argparse.Namespace, option: str = "--out") -> Path:
+    """The output file ``path`` (of ``option``), checked before any work against the output policy
+    (:mod:`lavise_fast.files`) and the command's inputs; its missing folders are created."""
     out = Path(path)
     if out.is_dir():
-        raise CommandError(f"--out {path} is a folder; give a file name")
+        raise CommandError(f"{option} {path} is a folder; give a file name")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"{option} {path}: {str(ancestor)!r} is a file, not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    return check_output(out, option, _inputs(args))
 
 
-def _output_folder(path: str) -> Path:
+def _output_folder(path: str, args: argparse.Namespace, names: list[str]) -> Path:
+    """The output folder ``path`` of several results (``NAME.json`` for each of ``names``), each file checked."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {path} is a file; with several explainers give a folder (one result per layer)")
     out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        check_output(out / f"{name}.json", "--out", _inputs(args))
     return out
 
 
@@ -283,7 +315,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if spec is None:
         raise CommandError("give the reference set: --coco IMAGE_DIR ANNOTATIONS, --vg IMAGE_DIR OBJECTS_JSON or "
                            "--world N")
-    out = _output(args.out)
+    out = _output(args.out, args)
+    if args.feature_cache is not None:
+        check_output(args.feature_cache, "--feature-cache", {k: v for k, v in _inputs(args).items()
+                                                              if k != "--feature-cache"})
     device = _device(args.device)
     reference = open_set(spec, masks=True)
     if len(reference) == 0:
@@ -336,7 +371,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise CommandError("--layer is for one explainer; with several, each explainer's own layer is explained")
     if not paths and args.glove:
         raise CommandError("--glove needs --explainer: the default explainer is trained in the default word space")
-    out = _output_folder(args.out) if several else _output(args.out)
+    out = None if several else _output(args.out, args)
     device = _device(args.device)
     explainers = [Explainer.load(path) for path in paths]
     space = _space(args.glove)
@@ -346,6 +381,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                                f"{space.name!r}" + ("" if args.glove else ": give --glove PATH"))
     if several:
         _check_one_explainer_per_layer(paths, explainers)
+        out = _output_folder(args.out, args, [e.layer for e in explainers])
     if args.vocabulary not in ("entities", "vg", "explainer") and not Path(args.vocabulary).is_file():
         raise MissingInputError(f"--vocabulary {args.vocabulary!r} is not entities, vg, explainer or an existing file")
     vocabulary = _vocabulary(args.vocabulary, explainers, space) if explainers else None
@@ -426,8 +462,8 @@ def _result_set(args: argparse.Namespace, result, *, masks: bool, allow_images: 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lavise_fast.evaluation import evaluate, evaluation_table
 
+    out = _output(args.out, args)
     result = _load_result(args.result)
-    out = _output(args.out)
     device = _device(args.device)
     spec, reference = _result_set(args, result, masks=True, allow_images=False)
     if reference is None:
@@ -447,8 +483,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from lavise_fast.evaluation import Evaluation
     from lavise_fast.report import write_report
 
+    out = _output(args.out, args)
     result = _load_result(args.result)
-    out = _output(args.out)
     device = _device(args.device)
     images = None
     if not args.no_images:
@@ -475,15 +511,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from lavise_fast.bias import compare, compare_plot
 
+    plot = _output(args.out, args) if args.out else None
+    table = _output(args.table, args, "--table") if args.table else None
+    if plot is not None and table is not None and plot.resolve() == table.resolve():
+        raise CommandError(f"--out and --table name the same file {args.out!r}")
     a, b = (_load_result(p) for p in args.results)
     names = tuple(args.names) if args.names else tuple(Path(p).stem for p in args.results)
     if names[0] == names[1]:
         names = (f"{names[0]} (a)", f"{names[1]} (b)")
     rows = compare(a, b, num_words=args.num_words, names=names)
-    if args.out:
-        compare_plot(rows, _output(args.out), top=args.top, names=names)
-    if args.table:
-        table = _output(args.table)
+    if plot is not None:
+        compare_plot(rows, plot, top=args.top, names=names)
+    if table is not None:
         if table.suffix.lower() == ".csv":
             import csv
             import io
@@ -516,8 +555,8 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
     if args.explainer is None or args.out is None:
         raise CommandError("give the explainer file and --out FILE.onnx")
+    out = _output(args.out, args)
     explainer = Explainer.load(args.explainer)
-    out = _output(args.out)
     vocabulary = None
     if args.vocabulary is not None:
         space = _space(args.glove)

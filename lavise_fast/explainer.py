@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavise_fast.errors import InputError
+from lavise_fast.errors import InputError, InputTypeError
 from lavise_fast.files import atomic_torch_save, gist, read_torch_file
 
 __all__ = ["Explainer", "csmr_loss", "FORMAT"]
@@ -92,8 +92,17 @@ class Explainer(nn.Module):
         unit_input: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("channels", channels), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputTypeError(f"{name} must be an int, got {type(value).__name__}")
         if channels < 1 or dim < 1:
             raise InputError(f"channels and dim must be positive, got channels={channels}, dim={dim}")
+        for name, value in (("layer", layer), ("space", space)):
+            if not isinstance(value, str):
+                raise InputTypeError(f"{name} must be a string, got {type(value).__name__}")
+        for name, value in (("seen", seen), ("unseen", unseen)):
+            if isinstance(value, str) or not all(isinstance(w, str) for w in value):
+                raise InputTypeError(f"{name} must be a list of words (strings), got {value!r:.60}")
         self.channels, self.dim, self.layer, self.space = int(channels), int(dim), layer, space
         self.seen, self.unseen = list(seen), list(unseen)
         self.dropout = float(dropout)
@@ -195,6 +204,10 @@ class Explainer(nn.Module):
         """
         where = f"explainer file {str(path)!r}"
         payload = read_torch_file(path, "explainer file", map_location)
+        version = payload.get("format") if isinstance(payload, dict) else None
+        if isinstance(version, str) and version.startswith("lavise_fast.explainer/") and version != FORMAT:
+            raise InputError(f"{where} is an explainer of format {version!r}, which this lavise_fast does not read "
+                             f"(it reads {FORMAT}): update lavise_fast")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             found = (f"format {payload.get('format')!r}" if isinstance(payload, dict) and "format" in payload
                      else f"a dict of {list(payload)[:4]}" if isinstance(payload, dict) else type(payload).__name__)

@@ -21,7 +21,7 @@ from lavise_fast import ops
 from lavise_fast.data.collate import collate_reference
 from lavise_fast.distributed import all_gather, current_shard, shard_indices
 from lavise_fast.errors import DistributedError, InputError, InputTypeError
-from lavise_fast.files import atomic_write, atomic_write_json
+from lavise_fast.files import atomic_write, atomic_write_json, check_output
 from lavise_fast.grids import layout_override
 from lavise_fast.hashing import model_fingerprint
 from lavise_fast.layers import LayerFeatures, model_device, resolve_layer
@@ -84,6 +84,7 @@ def pool_reference(
     if cache is not None:
         cache = Path(cache)
         meta_path = cache.with_name(cache.name + ".json")
+        _check_cache_paths(cache, meta_path)
         override = layout_override(module)  # a layout set by hand changes the vectors
         key = model_fingerprint(model, name, len(reference), type(reference).__qualname__,
                                 *([override] if override is not None else []))
@@ -274,6 +275,27 @@ def _file_chunks(path: Path, size: int = 64 << 20):
     with open(path, "rb") as src:
         while chunk := src.read(size):
             yield chunk
+
+
+def _check_cache_paths(cache: Path, meta_path: Path) -> None:
+    """Refuses, before the pass, a cache path that lavise_fast may not write (the output policy of
+    :mod:`lavise_fast.files`) or that holds a file it did not write: an existing ``cache`` is replaced
+    only when a ``.json`` beside it is a pooled-feature cache's (of any key or version, or damaged)."""
+    for path in (cache, meta_path):
+        check_output(path, "feature_cache")
+    if not cache.exists():
+        return
+    try:  # a damaged .json is a damaged cache of ours: rebuilt, as every cache is
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        ours = not isinstance(meta, dict) or str(meta.get("format", "lavise_fast.pooled/")).startswith(
+            "lavise_fast.pooled/")
+    except ValueError:
+        ours = True
+    except OSError:
+        ours = False
+    if not ours:
+        raise InputError(f"feature_cache {str(cache)!r} exists and is not a pooled-feature cache of lavise_fast (no "
+                         f"{meta_path.name} beside it says so): it is not replaced; give another path, or delete it")
 
 
 def _read_pooled(path: Path, meta_path: Path, key: str) -> tuple[np.ndarray, list[str]] | None:

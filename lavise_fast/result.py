@@ -3,12 +3,15 @@
 A result file is one JSON object: the result's fields, ``settings`` as an object, and
 ``"format": "lavise_fast.result/2"``. A file without ``format`` is a result of the first
 version (no ``groups``, no ``scoring``: the vote) and still loads; a file of a later version is
-refused with a message that names it.
+refused with a message that names it. The file is strict JSON: a number that is not finite (a NaN
+threshold of a filter that never fired, say) is written as ``null`` and read back as NaN. Loading
+checks every field's type and length and names the first that is wrong.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -213,9 +216,57 @@ class ExplainResult:
             raise InputError(f"{path} is a result file of format {version!r}, which this lavise_fast does not read "
                              f"(it reads {', '.join(_KNOWN_FORMATS)}): update lavise_fast")
         try:
+            _check_types(data)
             return cls(**data)
         except (TypeError, InputError) as error:
             raise InputError(f"{path} is not an ExplainResult JSON file: {error}") from None
+
+
+def _number(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_types(data: dict) -> None:
+    """Refuses (InputError naming the field and filter) a result object whose fields have the wrong types
+    or lengths; turns ``null`` numbers (non-finite ones, as written) into NaN, in place."""
+    expected = {f.name for f in fields(ExplainResult)}
+    missing = sorted(expected - {"settings", "groups"} - set(data))
+    unknown = sorted(set(data) - expected)
+    if missing or unknown:
+        raise InputError(f"missing fields {missing}" if missing else f"unknown fields {unknown}")
+    filters = data["filters"]
+    if not isinstance(filters, list) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                                                for k in filters):
+        raise InputError("'filters' must be a list of filter indices (ints >= 0)")
+    n = len(filters)
+    per_filter = {"words": str, "scores": "number", "top_images": int, "top_activations": "number"}
+    for name, kind in per_filter.items():
+        rows = data[name]
+        if not isinstance(rows, list) or len(rows) != n:
+            raise InputError(f"{name!r} must be a list of {n} lists (one per filter), got "
+                             f"{type(rows).__name__ if not isinstance(rows, list) else f'{len(rows)} entries'}")
+        for k, row in zip(filters, rows, strict=True):
+            ok = isinstance(row, list) and all(
+                _number(v) if kind == "number" else isinstance(v, kind) and not isinstance(v, bool) for v in row)
+            if not ok:
+                what = "numbers" if kind == "number" else "strings" if kind is str else "image indices (ints)"
+                raise InputError(f"{name!r} of filter {k} must be a list of {what}, got {row!r:.80}")
+            if kind == "number":
+                row[:] = [math.nan if v is None else float(v) for v in row]
+    for k, (words, scores, images, acts) in enumerate(zip(data["words"], data["scores"], data["top_images"],
+                                                          data["top_activations"], strict=True)):
+        if len(words) != len(scores) or len(images) != len(acts):
+            raise InputError(f"filter {filters[k]}: words/scores or top_images/top_activations differ in length")
+    thresholds = data["thresholds"]
+    if not isinstance(thresholds, list) or len(thresholds) != n or not all(_number(t) for t in thresholds):
+        raise InputError(f"'thresholds' must be a list of {n} numbers (one per filter)")
+    data["thresholds"] = [math.nan if t is None else float(t) for t in thresholds]
+    groups = data.get("groups", [])
+    if not isinstance(groups, list) or (groups and len(groups) != n) or not all(
+            isinstance(g, list) and all(isinstance(x, dict) for x in g) for g in groups):
+        raise InputError(f"'groups' must be a list of {n} lists of groups (or empty)")
+    if data.get("settings") is not None and not isinstance(data["settings"], dict):
+        raise InputError(f"'settings' must be a JSON object, got {type(data['settings']).__name__}")
 
 
 def checked_result(value: object, name: str = "result", *, complete: bool = True) -> ExplainResult:

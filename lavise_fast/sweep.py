@@ -183,6 +183,11 @@ def explain(
     filters_of = _per_layer(filters, names, many, "filters")
     given_of = {name: None if t is None else torch.as_tensor(t, dtype=torch.float32).flatten().to(device)
                 for name, t in _per_layer(thresholds, names, many, "thresholds").items()}
+    for name, given in given_of.items():
+        if given is not None and torch.isnan(given).any():  # a > NaN is never true: every filter would look alike
+            bad = torch.isnan(given).nonzero().flatten().tolist()
+            raise InputError(f"thresholds of {name!r} hold NaN for {len(bad)} filter(s) ({bad[:10]}"
+                             f"{' ...' if len(bad) > 10 else ''}): give a number for every filter")
 
     def start(channels: dict[str, int]) -> dict[str, LayerSweep]:
         sweeps = {}
@@ -494,7 +499,8 @@ def _chosen_filters(filters: Sequence[int] | None, channels: int) -> list[int]:
     chosen = [int(f) for f in filters]
     bad = [f for f in chosen if not 0 <= f < channels]
     if bad or not chosen:
-        raise InputError(f"filters must be indices in [0, {channels}), got {bad or 'none'}")
+        shown = f"{len(bad)} outside it ({', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})"
+        raise InputError(f"filters must be indices in [0, {channels}), got {shown if bad else 'none'}")
     if len(set(chosen)) != len(chosen):
         raise InputError("filters must not repeat an index")
     return chosen
@@ -579,7 +585,7 @@ def _report_non_finite(sweep: LayerSweep) -> None:
         bad = nan.nonzero().flatten().tolist()
         warnings.warn(f"{int(nan.sum())} activations of {len(bad)} filter(s) of {sweep.name!r} were NaN and were "
                       f"ignored (filters {bad[:10]}{' ...' if len(bad) > 10 else ''}); filters with no finite "
-                      "activation get no top images and no words", RuntimeWarning, stacklevel=3)
+                      "activation get no top images and no words", UserWarning, stacklevel=4)
     if sweep.pairs.non_finite:
         warnings.warn(f"{sweep.pairs.non_finite} (filter, image) pair(s) of {sweep.name!r} gave a non-finite "
-                      "embedding and were left out", RuntimeWarning, stacklevel=3)
+                      "embedding and were left out", UserWarning, stacklevel=4)

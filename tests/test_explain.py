@@ -234,12 +234,13 @@ def test_nan_activations_are_ignored_and_reported(setting):
     images = [torch.randn(4, 3, 32, 32)]
     handle = model.layer3.register_forward_hook(poison)
     try:
-        with pytest.warns(RuntimeWarning) as caught:
+        with pytest.warns(UserWarning) as caught:  # pointing at this call, as the README says
             res = explain(model, images, expl, vocabulary=vocab, top_images=2, scoring="vote", progress=False)
         specific = explain(model, images, expl, vocabulary=vocab, top_images=2, progress=False)
     finally:
         handle.remove()
     messages = " ".join(str(w.message) for w in caught)
+    assert {w.filename for w in caught if "NaN" in str(w.message) or "non-finite" in str(w.message)} == {__file__}
     assert "were NaN and were ignored" in messages and "non-finite embedding and were left out" in messages
     assert all(0 not in images for images in res.top_images)  # NaN never enters the top images
     assert all(math.isfinite(t) for t in res.thresholds)
@@ -314,3 +315,12 @@ def test_a_tiny_memory_budget_gives_the_same_result(setting, targets):
         torch.testing.assert_close(narrow.scores, expected.scores, rtol=1e-4, atol=1e-5)  # log-probabilities
     with pytest.raises(ValueError, match="stash_bytes must be a positive int, got 0"):
         explain(model, batches(targets), expl, stash_bytes=0, **kw)
+
+
+def test_nan_thresholds_are_refused_before_the_pass(setting):
+    model, expl, vocab = setting
+    images = [torch.randn(2, 3, 32, 32)]
+    thresholds = torch.zeros(256)
+    thresholds[[3, 7]] = math.nan
+    with pytest.raises(ValueError, match=r"thresholds of 'layer3' hold NaN for 2 filter\(s\) \(\[3, 7\]\)"):
+        explain(model, images, expl, method="activation", thresholds=thresholds, vocabulary=vocab, progress=False)

@@ -153,6 +153,29 @@ def _no_dim(path):
     torch.save(payload, path)
 
 
+def _newer(path):
+    payload = torch.load(path, weights_only=True)
+    payload["format"] = "lavise_fast.explainer/9"
+    torch.save(payload, path)
+
+
+def _seen_as_a_string(path):
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["seen"] = "red"
+    torch.save(payload, path)
+
+
+def _torchscript(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(nn.Sequential(nn.Linear(2, 2))).save(str(path))
+
+
+def _folder(path):
+    path.unlink()
+    path.mkdir()
+
+
 @pytest.mark.parametrize(
     "corrupt, problem",
     [
@@ -164,8 +187,13 @@ def _no_dim(path):
         (_state_dict_only, r"not a lavise_fast explainer: expected .* found a dict of \['head.0.weight'\]"),
         (_wrong_weights, "damaged: .*size mismatch for head"),
         (_no_dim, "damaged: .*missing 1 required positional argument: 'dim'"),
+        (_newer, r"is an explainer of format 'lavise_fast.explainer/9', which this lavise_fast does not read"),
+        (_seen_as_a_string, r"damaged: .*seen must be a list of words \(strings\), got 'red'"),
+        (_torchscript, r"is a TorchScript model \(torch.jit.save\), not a file written by torch.save"),
+        (_folder, "is a folder, not a file"),
     ],
-    ids=["half", "last-byte", "empty", "json", "bit-flip", "state-dict", "wrong-weights", "no-dim"],
+    ids=["half", "last-byte", "empty", "json", "bit-flip", "state-dict", "wrong-weights", "no-dim", "newer",
+         "seen-string", "torchscript", "folder"],
 )
 def test_damaged_explainer_file_is_one_value_error_naming_it(explainer_file, corrupt, problem):
     Explainer.load(explainer_file)  # intact, it loads
