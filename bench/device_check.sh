@@ -4,10 +4,11 @@
 # (the `cuda` cases included), the benchmarks in check mode, the op report (fused vs reference,
 # GB/s against a measured copy bandwidth), the end-to-end sweep (explain against the bare
 # forward pass and the official per-filter inference, ResNet-50 layer4 over a few thousand
-# random images) and the ONNX head in onnxruntime against the PyTorch head; each report is one
-# markdown table. Meant to finish in under 8 minutes on an H100 (estimates, never measured
-# together: build 1-3 min, tests 1-3 min, benchmark check 1 min, op report 20 s, sweep 1 min,
-# ONNX head 30 s); the sweep and the ONNX head are cut off at SWEEP_TIMEOUT and ONNX_TIMEOUT.
+# random images), a transformer sweep (ViT-B/16's last block), the five ResNet-50 layers in one pass
+# and the ONNX head in onnxruntime against the PyTorch head; each report is one markdown table.
+# Meant to finish in under 11 minutes on an H100 (estimates, never measured together: build 1-3 min,
+# tests 1-3 min, benchmark check 1 min, op report 20 s, sweep 1 min, transformer and five layers up
+# to 150 s each, ONNX head 30 s); the long steps are cut off at their *_TIMEOUT.
 #   bash bench/device_check.sh            # logs and tables go to $OUT (or /tmp/lavise_device) too
 # Every setting below can be overridden from the environment; a dry run of the end-to-end steps on
 # a machine without a GPU (the extension already built there):
@@ -20,7 +21,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-"build tests bench ops sweep onnx"}  # the steps to run, of these six
+STEPS=${STEPS:-"build tests bench ops sweep vit layers onnx"}  # the steps to run, of these eight
 DEVICE=${DEVICE:-cuda}  # of the op report, the sweep and the ONNX head
 # The sweep: 4,096 images at 224 px (2.3 GiB, made in advance on the device) in batches of 128;
 # the official inference timed on one filter, (N + 25) ResNet-50 passes of one image (about 5 ms
@@ -32,6 +33,12 @@ SWEEP_BATCH=${SWEEP_BATCH:-128}
 SWEEP_BASELINE_FILTERS=${SWEEP_BASELINE_FILTERS:-1}
 SWEEP_REPEATS=${SWEEP_REPEATS:-3}
 SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-180}
+# A transformer: torchvision's ViT-B/16, its last block (768 filters on the 14 x 14 patch grid, the class
+# token dropped), 2,048 images; and the five ResNet-50 layers CLIP-Dissect explains in one pass, 1,024
+# images, with the peak memory at 256 and 1,024 images.
+VIT_IMAGES=${VIT_IMAGES:-2048}
+LAYERS_IMAGES=${LAYERS_IMAGES:-1024}
+EXTRA_TIMEOUT=${EXTRA_TIMEOUT:-150}
 # The ONNX head: ResNet-18 layer4's head (512 channels) on 12,800 pooled vectors (512 filters x 25).
 ONNX_VECTORS=${ONNX_VECTORS:-12800}
 ONNX_CHANNELS=${ONNX_CHANNELS:-512}
@@ -101,6 +108,25 @@ if want sweep; then
     --baseline-filters "$SWEEP_BASELINE_FILTERS" --repeats "$SWEEP_REPEATS" --no-memory 2>&1 \
     | tee "$OUT/sweep_$DEVICE.md" || { status=1; echo "SWEEP FAILED or cut off at $SWEEP_TIMEOUT s"; }
   echo "sweep $(elapsed "$start")"
+fi
+
+if want vit; then
+  echo "== transformer sweep ($DEVICE): ViT-B/16 encoder_layer_11, $VIT_IMAGES images, at most $EXTRA_TIMEOUT s"
+  start=$(date +%s)
+  timeout -k 10 "$EXTRA_TIMEOUT" $PY bench/sweep.py --device "$DEVICE" --model vit_b_16 \
+    --layer encoder.layers.encoder_layer_11 --images "$VIT_IMAGES" --image-size 224 --batch-size "$SWEEP_BATCH" \
+    --baseline-filters 0 --repeats "$SWEEP_REPEATS" --no-memory 2>&1 | tee "$OUT/vit_$DEVICE.md" \
+    || { status=1; echo "VIT SWEEP FAILED or cut off at $EXTRA_TIMEOUT s"; }
+  echo "transformer sweep $(elapsed "$start")"
+fi
+
+if want layers; then
+  echo "== five ResNet-50 layers in one pass ($DEVICE): $LAYERS_IMAGES images, at most $EXTRA_TIMEOUT s"
+  start=$(date +%s)
+  timeout -k 10 "$EXTRA_TIMEOUT" $PY bench/layers.py --device "$DEVICE" --images "$LAYERS_IMAGES" \
+    --batch-size "$SWEEP_BATCH" --repeats "$SWEEP_REPEATS" 2>&1 | tee "$OUT/layers_$DEVICE.md" \
+    || { status=1; echo "LAYERS SWEEP FAILED or cut off at $EXTRA_TIMEOUT s"; }
+  echo "five layers $(elapsed "$start")"
 fi
 
 if want onnx; then

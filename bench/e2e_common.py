@@ -96,7 +96,7 @@ E2E_SCALES: dict[str, E2EScale] = {
 # --- model, images, word spaces, reference set ----------------------------------------------
 
 
-MODELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}  # torchvision name -> display name
+MODELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "vit_b_16": "ViT-B/16"}  # torchvision name -> display name
 
 
 def cnn(name: str = "resnet18", seed: int = 0, device: torch.device | str = "cpu") -> torch.nn.Module:
