@@ -185,6 +185,9 @@ def _device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise CommandError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CommandError(f"--device {name}: lavise_fast runs on cpu or cuda (its kernels exist for those), "
+                           f"not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CommandError(f"--device {name}: CUDA is not available here")
     return device

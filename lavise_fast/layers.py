@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.errors import InputError, InputTypeError, LaviseError
 from lavise_fast.grids import Layout, as_feature_map, find_layout
 
-__all__ = ["resolve_layer", "default_layer", "LayerFeatures", "layer_features"]
+__all__ = ["resolve_layer", "default_layer", "LayerFeatures", "layer_features", "run_model", "model_device"]
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
@@ -88,6 +88,12 @@ class LayerFeatures:
 
     def __enter__(self) -> LayerFeatures:
         for name, module in self.layers.items():
+            if isinstance(module, torch.jit.ScriptModule):
+                self.__exit__()
+                raise InputTypeError(
+                    f"layer {name!r} is a TorchScript module (torch.jit.script or torch.jit.load), on which no forward "
+                    "hook can be put: pass the Python model, or load a TorchScript file with "
+                    "lavise_fast.models.load_torchscript (its top-level stages become layers)")
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
 
@@ -123,7 +129,7 @@ class LayerFeatures:
             raise InputError(f"only= names layers this LayerFeatures does not capture: {unknown}")
         self._outputs, self._wanted = {}, wanted
         try:
-            self.model(images)
+            run_model(self.model, images)
         except _Stop:
             pass
         missing = [name for name in self.layers if name in wanted and name not in self._outputs]
@@ -185,6 +191,9 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
     modules = {name: module for name, module in model.named_modules() if name}
     finished: list[tuple[str, tuple[str, int] | None]] = []  # in the order the modules finish
     handles = []
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputTypeError(f"{type(model).__name__} is a TorchScript module, whose layers cannot be hooked: pass "
+                             "the Python model, or load the file with lavise_fast.models.load_torchscript")
     for name, module in modules.items():
 
         def hook(module: nn.Module, inputs: object, output: object, name: str = name) -> None:
@@ -192,7 +201,7 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
 
         handles.append(module.register_forward_hook(hook))
     try:
-        model(sample)
+        run_model(model, sample)
     finally:
         for handle in handles:
             handle.remove()
@@ -213,6 +222,25 @@ def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
     # The last to finish; among modules finishing together (a block and its last child), the
     # outermost, which finished last.
     return order[-1]
+
+
+def run_model(model: nn.Module, images: torch.Tensor) -> object:
+    """``model(images)``, with an error the model itself raises (a wrong channel count, an input size it
+    does not take: ``RuntimeError``, ``AssertionError``) turned into one :class:`InputError` naming the
+    model and the input's shape; lavise_fast's own errors pass as they are.
+
+    Args:
+        model: the network.
+        images: its input batch.
+    """
+    try:
+        return model(images)
+    except (RuntimeError, AssertionError) as error:
+        if isinstance(error, LaviseError):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"the model ({type(model).__name__}) failed on images of shape {tuple(images.shape)}: "
+                         f"{first}") from error
 
 
 def model_device(model: nn.Module, device: torch.device | str | None = None) -> torch.device:

@@ -19,7 +19,20 @@ from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Sub
 from lavise_fast.errors import InputError, InputTypeError
 
 __all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "images_at", "batches_after",
-           "default_workers"]
+           "default_workers", "length_of"]
+
+
+def length_of(items) -> int | None:
+    """``len(items)``, or None for what has no length (an iterable, a DataLoader over an
+    ``IterableDataset`` without ``__len__``, whose ``len`` raises TypeError).
+
+    Args:
+        items: a loader, a dataset or any iterable.
+    """
+    try:
+        return len(items)
+    except TypeError:
+        return None
 
 
 def default_workers() -> int:

@@ -46,7 +46,7 @@ from lavise_fast.grids import layout_override
 from lavise_fast.groups import split_in_two
 from lavise_fast.hashing import digest, model_fingerprint
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
-from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at
+from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at, length_of
 from lavise_fast.onnx import OnnxHead, export_onnx
 from lavise_fast.result import ExplainResult, SweepSettings
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, ranked_words, score_layer, word_scores
@@ -121,7 +121,8 @@ def explain(
             image is near do not win everywhere), ``zscore``, ``pmi`` or ``vote`` (the paper's flat
             vote). The relative scorings need the layer's baseline: explain many filters (all by
             default); with fewer than 16 of a layer's filters a warning says the baseline is thin.
-        top_images: P, the images per filter.
+        top_images: P, the images per filter (at most 65,536; at most the dataset's length when the
+            loader has one: larger values are clamped to it).
         words_per_image: s, the words each top image votes for (``scoring="vote"`` only).
         num_words: the words kept per filter (and per group).
         vocabulary: the candidate words in the explainer's space; default the 1,202 LaViSE
@@ -173,6 +174,11 @@ def explain(
                             ("num_words", num_words), ("checkpoint_every", checkpoint_every),
                             *([] if stash_bytes is None else [("stash_bytes", stash_bytes)])):
         positive_int(argument, value)
+    if top_images > _MAX_TOP_IMAGES:  # it sizes [channels, top_images] tables before the first image
+        raise InputError(f"top_images must be at most {_MAX_TOP_IMAGES:,}, got {top_images:,}")
+    images_given = length_of(getattr(loader, "dataset", None))
+    if images_given and images_given < top_images:
+        top_images = images_given  # never more top images than there are images: the same result, less memory
     if not 0.0 < quantile < 1.0:
         raise InputError(f"quantile must lie in (0, 1), got {quantile}")
     many = isinstance(layer, (list, tuple)) or isinstance(explainer, (list, tuple, Mapping))
@@ -233,7 +239,7 @@ def explain(
                         "layers": {} if sweeps is None else {n: sw.state_dict() for n, sw in sweeps.items()}})
 
         if not pass_done:
-            total = len(run_loader) if hasattr(run_loader, "__len__") else None
+            total = length_of(run_loader)
             desc = f"explain {', '.join(names)}" + (f" (rank {shard.rank} of {shard.world})" if shard else "")
             for batch in tqdm(batches_after(run_loader, batches, base), desc=desc, total=total, initial=batches,
                               disable=not progress):
@@ -427,6 +433,9 @@ def _explainers_for(model, loader, explainer, layer, device, distributed,
     return {name: modules[name] for name in explainers}, explainers
 
 
+_MAX_TOP_IMAGES = 1 << 16
+
+
 def _per_layer(value, names: list[str], many: bool, argument: str) -> dict:
     """{layer name: value for that layer} from a per-layer dict (several layers) or a plain value (one)."""
     if not many:
@@ -449,7 +458,8 @@ def _checkpoint_fields(model, loader, explainers, vocabulary, filters_of, given_
                        head) -> dict:
     """What a checkpoint must match to be resumed (plain values; weights and words as SHA-1s)."""
     dataset = getattr(loader, "dataset", None)
-    length = len(dataset) if hasattr(dataset, "__len__") else len(loader) if hasattr(loader, "__len__") else None
+    length = length_of(dataset) if dataset is not None else None
+    length = length if length is not None else length_of(loader)
     return {
         "model": model_fingerprint(model), "layers": list(explainers), "dataset_length": length,
         "batch_size": getattr(loader, "batch_size", None), "method": method, "top_images": top_images,

@@ -454,8 +454,15 @@ def test_truncated_coco_json_says_so_and_names_the_file(coco_files):
         (lambda d: d["images"][1].update(id={"a": 1}), r"images\[1\] has a bad id \{'a': 1\}"),
         (lambda d: d["images"][0].update(file_name=None), r"images\[0\] has a bad file_name None"),
         (lambda d: d["images"][0].update(height="12"), r"images\[0\] has a bad height/width"),
+        (lambda d: d["annotations"][0].update(segmentation=[[1, 1, 3e9, 1, 5, 5, 1, 5]]),
+         r"annotations\[0\] \(id \d+\) has a segmentation polygon with coordinates that are not finite numbers "
+         r"within \+-1048576 pixels: \[3000000000.0\]"),
+        (lambda d: d["annotations"][2].update(bbox=[2, 2, 1e308, 3]),
+         r"annotations\[2\] \(id 12\) has a bbox with coordinates .*\[1e\+308\]"),
+        (lambda d: d["annotations"][0].update(segmentation=[[1, 1, "5", 1, 5, 5]]),
+         r"annotations\[0\] \(id 10\) has a segmentation polygon with coordinates .*\['5'\]"),
     ],
-    ids=["bbox", "repeated-id", "id", "file-name", "height"],
+    ids=["bbox", "repeated-id", "id", "file-name", "height", "polygon-3e9", "box-1e308", "polygon-string"],
 )
 def test_malformed_coco_entries_name_the_file_and_entry(coco_files, edit, problem):
     images, annotations, data = coco_files

@@ -166,6 +166,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 )
             if not ann.get("segmentation") and not ann.get("bbox"):
                 raise InputError(f"COCO annotation file {where}: {name} has neither 'segmentation' nor 'bbox'")
+            _check_coordinates(ann, where, name)
             bbox = ann.get("bbox")
             if not ann.get("segmentation") and not (
                 isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
@@ -245,3 +246,23 @@ class CocoInstances(torch.utils.data.Dataset):
             f"{type(self).__name__}({len(self)} images, {len(self._selected)} categories, "
             f"annotation_file={str(self.annotation_file)!r}, transform={self.transform!r})"
         )
+
+
+_MAX_COORDINATE = float(1 << 20)  # pixels: far beyond any image, far below what pycocotools' ints overflow at
+
+
+def _check_coordinates(ann: dict, where: str, name: str) -> None:
+    """Refuses polygon points and boxes that are not finite numbers within +-2**20 pixels (pycocotools
+    overflows, or crashes the process, on coordinates of billions)."""
+    bbox = ann.get("bbox")
+    groups = [("bbox", bbox)] if isinstance(bbox, list) else []
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list):
+        groups += [("segmentation polygon", polygon) for polygon in segmentation]
+    for what, values in groups:
+        if not isinstance(values, list) or not all(is_number(v) and abs(v) <= _MAX_COORDINATE for v in values):
+            shown = values if not isinstance(values, list) else [v for v in values if not (
+                is_number(v) and abs(v) <= _MAX_COORDINATE)][:3]
+            raise InputError(f"COCO annotation file {where}: {name} has a {what} with coordinates that are not "
+                             f"finite numbers within +-{int(_MAX_COORDINATE)} pixels: {shown!r:.80}")
+
