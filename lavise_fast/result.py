@@ -158,6 +158,9 @@ class ExplainResult:
             complete: check every list; False: only ``words``, ``top_images`` and ``thresholds``.
         """
         n = len(self.filters)
+        for k, words in zip(self.filters, self.words, strict=False):  # lengths are checked below
+            if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
+                raise InputError(f"{name}.words of filter {k} must be a list of strings, got {words!r:.60}")
         if not complete:
             for key in ("words", "top_images", "thresholds"):
                 if len(getattr(self, key)) != n:

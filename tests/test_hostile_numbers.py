@@ -145,3 +145,31 @@ def test_a_scripted_model_is_refused_with_what_to_do_instead():
         layer_features(scripted, "1", torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match=r"is a TorchScript module, whose layers cannot be hooked"):
         default_layer(scripted, torch.randn(1, 3, 8, 8))
+
+
+def test_ctrl_c_in_the_middle_of_a_sweep_is_one_line_exit_130_and_no_output(capsys, files, monkeypatch):
+    import lavise_fast.sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lavise_fast.sweep, "explain", interrupted)
+    out = files["root"] / "interrupted.json"
+    code = cli.main(["explain", "--model", files["model"], "--explainer", files["explainer"], "--world", "2",
+                     "--vocabulary", "explainer", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines() == [
+        "lavise-fast explain: interrupted (outputs are written atomically: none is left half-written)"], err
+    assert not out.exists()
+
+
+def test_compare_refuses_words_that_are_a_string_instead_of_counting_letters():
+    from lavise_fast import compare
+    from lavise_fast.result import ExplainResult
+
+    good = ExplainResult([0, 1], [["red"], ["sky"]], [[1.0], [1.0]], [[0], [1]], [[1.0], [1.0]], [0.0, 0.0],
+                         {"layer": "l"})
+    bad = ExplainResult([0, 1], ["red", ["sky"]], [[1.0], [1.0]], [[0], [1]], [[1.0], [1.0]], [0.0, 0.0],
+                        {"layer": "l"})
+    with pytest.raises(ValueError, match=r"result_a \(a\)\.words of filter 0 must be a list of strings, got 'red'"):
+        compare(bad, good)
