@@ -196,3 +196,23 @@ def test_pool_reference_rebuilds_its_own_cache_but_not_another_file(tmp_path):
     (tmp_path / "pooled.npy.json").unlink()  # no longer says it is a cache
     with pytest.raises(ValueError, match="not a pooled-feature cache"):
         pool_reference(model, world, "1", cache=cache, progress=False)
+
+
+def test_several_explainers_check_every_layers_output_before_the_work(capsys, tmp_path, model_file):
+    from lavise_fast.explainer import Explainer
+
+    paths = []
+    for layer in ("0", "1"):
+        explainer = Explainer(4, 384, layer=layer, space="all-MiniLM-L6-v2", seen=["red"], unseen=["sky"])
+        explainer.trained = True
+        explainer.save(tmp_path / f"e{layer}.pt")
+        paths.append(str(tmp_path / f"e{layer}.pt"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0.json").write_text("old result of layer 0")
+    os.mkfifo(out / "1.json")  # layer 1's output cannot be written
+    code = cli.main(["explain", "--model", model_file, "--explainer", *paths, "--world", "2", "--world-image-size",
+                     "16", "--vocabulary", "explainer", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1.json" in err and "FIFO" in err, err
+    assert (out / "0.json").read_text() == "old result of layer 0"
