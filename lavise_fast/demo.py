@@ -40,9 +40,9 @@ from lavise_fast.cache import cache_dir
 from lavise_fast.data.folders import ImagesOf
 from lavise_fast.data.world import ConceptWorld
 from lavise_fast.diagnostics import word_statistics
-from lavise_fast.errors import InputError, InputTypeError
+from lavise_fast.errors import InputError, InputTypeError, NotAFolderError
 from lavise_fast.evaluation import evaluate, format_score, score_table
-from lavise_fast.files import atomic_torch_save, atomic_write
+from lavise_fast.files import atomic_torch_save, atomic_write, check_output
 from lavise_fast.hashing import json_digest
 from lavise_fast.models import efficientnet_lite0
 from lavise_fast.scoring import DEFAULT_SCORING
@@ -373,7 +373,13 @@ def run_demo(
         settings = replace(settings, **overrides)
     device = torch.device(device or "cpu")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotAFolderError(f"the demo's output folder {str(out)!r} is a file")
     out.mkdir(parents=True, exist_ok=True)
+    files = {"result": out / "result.json", "evaluation": out / "evaluation.json", "report": out / "report.html",
+             "explainer": out / "explainer.pt", "model": out / "model.pt"}
+    for path in files.values():  # the output policy, before the work
+        check_output(path, "the demo's output")
     timings: dict[str, float] = {}
     start = clock = time.perf_counter()
 
@@ -418,8 +424,6 @@ def run_demo(
     evaluation = evaluate(result, network, target, device=device, progress=progress)
     lap("evaluate")
 
-    files = {"result": out / "result.json", "evaluation": out / "evaluation.json", "report": out / "report.html",
-             "explainer": out / "explainer.pt", "model": out / "model.pt"}
     result.save(files["result"])
     evaluation.save(files["evaluation"])
     explainer.save(files["explainer"])

@@ -216,3 +216,17 @@ def test_several_explainers_check_every_layers_output_before_the_work(capsys, tm
     err = capsys.readouterr().err
     assert code == 2 and "1.json" in err and "FIFO" in err, err
     assert (out / "0.json").read_text() == "old result of layer 0"
+
+
+def test_the_demo_checks_its_outputs_before_the_work(tmp_path, monkeypatch):
+    import lavise_fast.demo as demo
+
+    monkeypatch.setattr(demo, "demo_model", lambda *a, **k: pytest.fail("the demo started its work"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="the demo's output folder '.*file' is a file"):
+        demo.run_demo(tmp_path / "file", progress=False)
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "report.html")
+    with pytest.raises(OSError, match=r"cannot write the demo's output '.*report.html': it is a FIFO"):
+        demo.run_demo(tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html"]
