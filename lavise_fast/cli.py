@@ -255,13 +255,7 @@ def _output(path: str, args: argparse.Namespace, option: str = "--out") -> Path:
     out = Path(path)
     if out.is_dir():
         raise CommandError(f"{option} {path} is a folder; give a file name")
-    ancestor = out.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CommandError(f"{option} {path}: {str(ancestor)!r} is a file, not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return check_output(out, option, _inputs(args))
+    return check_output(out, option, _inputs(args), make_folders=True)
 
 
 def _output_folder(path: str, args: argparse.Namespace, names: list[str]) -> Path:

@@ -54,15 +54,20 @@ def _temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
-def _write_target(path: Path, what: str) -> tuple[Path, int | None]:
+def _write_target(path: Path, what: str, make_folders: bool = False) -> tuple[Path, int | None]:
     """(the file to replace: ``path``, or where its symbolic link points; the permission bits of the file
-    it replaces, None for a new file) under the output policy (module docstring)."""
+    it replaces, None for a new file) under the output policy (module docstring); with ``make_folders``,
+    the missing folders of ``path`` are created once nothing refuses it."""
     shown = f"{what} {str(path)!r}" if what else repr(str(path))
-    for named in (path, None):
-        target = path if named is not None else Path(os.path.realpath(path)) if path.is_symlink() else path
-        if len(os.fsencode(target.name)) > _NAME_MAX:
-            raise OutputError(f"cannot write {shown}: its name is {len(os.fsencode(target.name))} bytes, more than "
-                              f"the {_NAME_MAX} a file name may have")
+
+    def check_name(name: str) -> None:  # before any system call: a name too long fails every one of them
+        if len(os.fsencode(name)) > _NAME_MAX:
+            raise OutputError(f"cannot write {shown}: its name is {len(os.fsencode(name))} bytes, more than the "
+                              f"{_NAME_MAX} a file name may have")
+
+    check_name(path.name)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    check_name(target.name)
     try:
         st = os.stat(target)
     except (FileNotFoundError, NotADirectoryError):
@@ -83,6 +88,8 @@ def _write_target(path: Path, what: str) -> tuple[Path, int | None]:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise NotAFolderError(f"cannot write {shown}: {str(ancestor)!r} is a file, not a folder")
+    if make_folders:
+        folder.mkdir(parents=True, exist_ok=True)
     if not folder.is_dir():
         raise MissingInputError(f"cannot write {shown}: the folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -91,13 +98,14 @@ def _write_target(path: Path, what: str) -> tuple[Path, int | None]:
 
 
 def check_output(path: str | os.PathLike, what: str = "output",
-                 inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
+                 inputs: dict[str, str | os.PathLike | None] | None = None, *, make_folders: bool = False) -> Path:
     """``path`` checked against the output policy (module docstring) before any work starts; returns it.
 
     Args:
-        path: the file to be written (its folder must exist).
+        path: the file to be written (its folder must exist, unless ``make_folders``).
         what: what the caller calls it, in messages (e.g. ``"--out"``).
         inputs: {what the caller calls it: path} of the inputs it must not be (None values skipped).
+        make_folders: create the missing folders of ``path`` (as the command line does).
 
     Raises:
         OutputError: a folder, a special file, a hard-linked file, an unwritable folder or a name too long.
@@ -105,7 +113,7 @@ def check_output(path: str | os.PathLike, what: str = "output",
         InputError: ``path`` is one of ``inputs``.
     """
     path = Path(path)
-    target, _ = _write_target(path, what)
+    target, _ = _write_target(path, what, make_folders)
     if target.exists():
         for name, given in (inputs or {}).items():
             if given is not None and Path(given).exists() and os.path.samefile(target, given):

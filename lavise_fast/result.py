@@ -220,7 +220,7 @@ class ExplainResult:
                              f"(it reads {', '.join(_KNOWN_FORMATS)}): update lavise_fast")
         try:
             _check_types(data)
-            return cls(**data)
+            return cls(**data).check("the file")  # the lengths within each filter
         except (TypeError, InputError) as error:
             raise InputError(f"{path} is not an ExplainResult JSON file: {error}") from None
 
@@ -231,7 +231,8 @@ def _number(value: object) -> bool:
 
 def _check_types(data: dict) -> None:
     """Refuses (InputError naming the field and filter) a result object whose fields have the wrong types
-    or lengths; turns ``null`` numbers (non-finite ones, as written) into NaN, in place."""
+    or lists of the wrong count (:meth:`ExplainResult.check` then checks the lengths within each filter);
+    turns ``null`` numbers (non-finite ones, as written) into NaN, in place."""
     expected = {f.name for f in fields(ExplainResult)}
     missing = sorted(expected - {"settings", "groups"} - set(data))
     unknown = sorted(set(data) - expected)
@@ -256,10 +257,6 @@ def _check_types(data: dict) -> None:
                 raise InputError(f"{name!r} of filter {k} must be a list of {what}, got {row!r:.80}")
             if kind == "number":
                 row[:] = [math.nan if v is None else float(v) for v in row]
-    for k, (words, scores, images, acts) in enumerate(zip(data["words"], data["scores"], data["top_images"],
-                                                          data["top_activations"], strict=True)):
-        if len(words) != len(scores) or len(images) != len(acts):
-            raise InputError(f"filter {filters[k]}: words/scores or top_images/top_activations differ in length")
     thresholds = data["thresholds"]
     if not isinstance(thresholds, list) or len(thresholds) != n or not all(_number(t) for t in thresholds):
         raise InputError(f"'thresholds' must be a list of {n} numbers (one per filter)")
