@@ -69,6 +69,12 @@ def extensions():
     # No -std flag: BuildExtension adds the standard that the installed torch was built with
     # (C++17 up to torch 2.11, C++20 from 2.13); forcing another one breaks exceptions at run time.
     cxx = ["-O3", "-fopenmp-simd"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is a header: without -fopenmp its `omp parallel` compiles away and every
+        # CPU kernel runs on one thread. The libgomp linked here is the one torch has already loaded.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     # --fmad=false: no contraction of a*b+c into FMA, so that the math shared with the CPU
     # kernels (bilinear weights, sketch means) rounds the same on both devices.
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
@@ -83,10 +89,11 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=[("LAVISE_FAST_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
         ext = cpp_extension.CppExtension(
-            "lavise_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+            "lavise_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=link
         )
     print("lavise_fast build configuration:", file=sys.stderr)
     print(f"  torch          {torch.__version__} (CUDA {torch.version.cuda})", file=sys.stderr)

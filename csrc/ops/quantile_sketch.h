@@ -43,14 +43,81 @@ LAVISE_HOST_DEVICE double sketch_bucket(double before, double weight, double tot
   return floor(delta * log(below / (total - below)));
 }
 
-// A value of `before + weight / 2` under which sketch_bucket stays at `bucket`: the exact
-// boundary, where delta * logit(q) reaches bucket + 1, lowered by a relative 1e-9, far more
-// than the rounding of either computation. sketch_bucket is monotone in `before`, so an item
-// below this needs no logarithm.
-LAVISE_HOST_DEVICE double sketch_bucket_end(double bucket, double total, double delta) {
-  const double q = 1.0 / (1.0 + exp(-(bucket + 1.0) / delta));
-  return q * total * (1.0 - 1e-9);
-}
+// Where the buckets of sketch_bucket change, walked upwards without a logarithm. Bucket b
+// holds the items whose `before + weight / 2` lies below t(b) = total / (1 + e(b)) with
+// e(b) = exp(-(b + 1) / delta), the exact point where delta * logit(q) reaches b + 1; the next
+// bucket's e is e(b) * exp(-1 / delta). An item counts as surely in bucket b below
+// t(b) (1 - 1e-9) and surely in b + 1 between t(b) (1 + 1e-9) and t(b + 1) (1 - 1e-9): that
+// margin is far more than the rounding of either computation (and of ~10^4 products of e).
+// Anything else, a jump over several buckets or a point within the margin, takes the
+// logarithm of sketch_bucket, so the buckets are exactly sketch_bucket's.
+class BucketWalk {
+ public:
+  LAVISE_HOST_DEVICE BucketWalk(double total, double delta)
+      : total_(total), delta_(delta), step_(exp(-1.0 / delta)) {}
+
+  // The bucket of an item at `before` of weight `weight`; items come in ascending order.
+  LAVISE_HOST_DEVICE double operator()(double before, double weight) {
+    const double below = before + 0.5 * weight;
+    if (started_ && below < end_ * (1.0 - 1e-9)) {
+      return bucket_;
+    }
+    if (started_) {
+      const double next_e = e_ * step_;
+      const double next_end = total_ / (1.0 + next_e);
+      if (below >= end_ * (1.0 + 1e-9) && below < next_end * (1.0 - 1e-9)) {
+        bucket_ += 1.0;
+        e_ = next_e;
+        end_ = next_end;
+        return bucket_;
+      }
+    }
+    started_ = true;
+    bucket_ = sketch_bucket(before, weight, total_, delta_);
+    e_ = exp(-(bucket_ + 1.0) / delta_);
+    end_ = total_ / (1.0 + e_);
+    return bucket_;
+  }
+
+ private:
+  double total_, delta_, step_;
+  double bucket_ = 0.0, e_ = 0.0, end_ = 0.0;
+  bool started_ = false;
+};
+
+// The centroid being built by sketch_merge_compress: its weight, the sum of weight * mean of
+// its finite members, its first member's mean and whether every member has that mean, and its
+// first infinity. Its mean is that infinity if any (a centroid holding an infinity stays
+// infinite), else the shared mean when all members agree (exact: a constant channel keeps its
+// constant), else sum / weight. No division per member: the sums are plain additions.
+struct OpenCentroid {
+  double weight = 0.0, sum = 0.0, first = 0.0, infinity = 0.0;
+  bool same = true, infinite = false;
+
+  LAVISE_HOST_DEVICE void start(double m, double w) {
+    weight = 0.0;
+    sum = 0.0;
+    first = m;
+    same = true;
+    infinite = false;
+    add(m, w);
+  }
+
+  LAVISE_HOST_DEVICE void add(double m, double w) {
+    weight += w;
+    same = same && m == first;
+    if (is_infinite(m)) {
+      infinity = infinite ? infinity : m;
+      infinite = true;
+    } else {
+      sum += w * m;
+    }
+  }
+
+  LAVISE_HOST_DEVICE double mean() const {
+    return infinite ? infinity : (same ? first : sum / weight);
+  }
+};
 
 // Merges old centroids (sorted by mean; n_old of them) with sorted new values
 // (n_new, each of weight 1; on equal values the old centroid comes first) and
@@ -67,9 +134,10 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
     int64_t capacity,
     double* out_means,
     double* out_weights) {
-  const double delta = sketch_delta(capacity, total);
+  BucketWalk bucket_of(total, sketch_delta(capacity, total));
   int64_t i = 0, j = 0, n_out = -1;
-  double before = 0.0, bucket = 0.0, bucket_end = 0.0, mean = 0.0, weight = 0.0;
+  double before = 0.0, bucket = 0.0;
+  OpenCentroid open;
   while (i < n_old || j < n_new) {
     double m, w;
     if (i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]))) {
@@ -81,33 +149,23 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
       w = 1.0;
       ++j;
     }
-    double b = bucket;  // below bucket_end an item is in the current bucket: no logarithm
-    if (n_out < 0 || before + 0.5 * w >= bucket_end) {
-      b = sketch_bucket(before, w, total, delta);
-      bucket_end = sketch_bucket_end(b, total, delta);
-    }
+    const double b = bucket_of(before, w);
     if (n_out >= 0 && b == bucket) {
-      weight += w;
-      if (is_infinite(m) || is_infinite(mean)) {
-        mean = is_infinite(mean) ? mean : m;  // a centroid holding an infinity stays infinite
-      } else if (m != mean) {
-        mean += (m - mean) * (w / weight);  // exact when every member has the same mean
-      }
+      open.add(m, w);
     } else {
       if (n_out >= 0) {
-        out_means[n_out] = mean;
-        out_weights[n_out] = weight;
+        out_means[n_out] = open.mean();
+        out_weights[n_out] = open.weight;
       }
       ++n_out;
       bucket = b;
-      mean = m;
-      weight = w;
+      open.start(m, w);
     }
     before += w;
   }
   if (n_out >= 0) {
-    out_means[n_out] = mean;
-    out_weights[n_out] = weight;
+    out_means[n_out] = open.mean();
+    out_weights[n_out] = open.weight;
   }
   return n_out + 1;
 }

@@ -12,45 +12,74 @@
 namespace lavise_fast {
 namespace {
 
-// Sorts n floats (no NaN) ascending: an LSD radix sort of their order-preserving
-// 32-bit keys, 11 bits a pass, passes where every key has the same digit skipped.
-// Several times faster than std::sort on the few thousand values of a channel.
-void radix_sort(float* values, int64_t n, std::vector<uint32_t>& keys, std::vector<uint32_t>& scratch) {
-  constexpr int kBits = 11;
-  constexpr uint32_t kMask = (1u << kBits) - 1;
-  if (n < 2) {
-    return;
+constexpr int kDigitBits = 11;  // radix sort digits: 11, 11 and 10 bits of a 32-bit key
+constexpr int kDigits = 3;
+constexpr uint32_t kDigitMask = (1u << kDigitBits) - 1;
+
+// The channel's values in ascending order, NaN left out. One pass reads the channel
+// from features (x: [N, C, HW], channel c) into order-preserving 32-bit keys, counting
+// NaN, negatives and zeros and taking the histograms of all three digits; then one LSD
+// radix pass per digit over the non-zero keys (skipped when every key has the same digit
+// there) and one pass back to floats, the zeros (half of a ReLU map, never sorted) written
+// between the negatives and the positives. Returns the number of values in `sorted`.
+template <typename scalar_t>
+int64_t sorted_channel(
+    const scalar_t* x,
+    int64_t N,
+    int64_t C,
+    int64_t HW,
+    int64_t c,
+    std::vector<uint32_t>& keys,
+    std::vector<uint32_t>& scratch,
+    std::vector<int64_t>& counts,
+    float* sorted,
+    int64_t* n_nan) {
+  std::fill(counts.begin(), counts.end(), 0);
+  int64_t* hist[kDigits] = {counts.data(), counts.data() + (1 << kDigitBits), counts.data() + (2 << kDigitBits)};
+  int64_t n = 0, n_zero = 0, n_negative = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const scalar_t* src = x + (i * C + c) * HW;
+    for (int64_t p = 0; p < HW; ++p) {
+      const float v = static_cast<float>(src[p]);
+      const uint32_t key = orderable_bits(v);
+      keys[n] = key;
+      const bool keep = v < 0.0f || v > 0.0f;  // not NaN nor zero: its key is overwritten by the next one
+      n += keep;
+      n_zero += v == 0.0f;
+      n_negative += v < 0.0f;
+      hist[0][key & kDigitMask] += keep;
+      hist[1][(key >> kDigitBits) & kDigitMask] += keep;
+      hist[2][key >> (2 * kDigitBits)] += keep;
+    }
   }
-  keys.resize(n);
-  scratch.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    keys[i] = orderable_bits(values[i]);
-  }
+  *n_nan = N * HW - n - n_zero;
   uint32_t* src = keys.data();
   uint32_t* dst = scratch.data();
-  int64_t counts[kMask + 1];
-  for (int shift = 0; shift < 32; shift += kBits) {
-    std::fill(counts, counts + kMask + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      ++counts[(src[i] >> shift) & kMask];
-    }
-    if (counts[(src[0] >> shift) & kMask] == n) {
+  for (int d = 0; d < kDigits && n > 1; ++d) {
+    const int shift = d * kDigitBits;
+    int64_t* count = hist[d];
+    if (count[(src[0] >> shift) & kDigitMask] == n) {
       continue;  // one digit for all keys: this pass changes nothing
     }
     int64_t offset = 0;
-    for (uint32_t d = 0; d <= kMask; ++d) {
-      const int64_t c = counts[d];
-      counts[d] = offset;
-      offset += c;
+    for (uint32_t digit = 0; digit <= kDigitMask; ++digit) {
+      const int64_t k = count[digit];
+      count[digit] = offset;
+      offset += k;
     }
     for (int64_t i = 0; i < n; ++i) {
-      dst[counts[(src[i] >> shift) & kMask]++] = src[i];
+      dst[count[(src[i] >> shift) & kDigitMask]++] = src[i];
     }
     std::swap(src, dst);
   }
-  for (int64_t i = 0; i < n; ++i) {
-    values[i] = from_orderable_bits(src[i]);
+  for (int64_t i = 0; i < n_negative; ++i) {
+    sorted[i] = from_orderable_bits(src[i]);
   }
+  std::fill(sorted + n_negative, sorted + n_negative + n_zero, 0.0f);
+  for (int64_t i = n_negative; i < n; ++i) {
+    sorted[i + n_zero] = from_orderable_bits(src[i]);
+  }
+  return n + n_zero;
 }
 
 template <typename scalar_t>
@@ -62,25 +91,15 @@ void quantile_sketch_impl(const at::Tensor& features, at::Tensor& means, at::Ten
   double* wt = weights.data_ptr<double>();
   double* sm = summary.data_ptr<double>();
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buffer(N * HW);
-    std::vector<uint32_t> keys, scratch;
+    std::vector<float> sorted(N * HW);
+    std::vector<uint32_t> keys(N * HW), scratch(N * HW);
+    std::vector<int64_t> counts(kDigits << kDigitBits);
     std::vector<double> out_means(capacity), out_weights(capacity);
     for (int64_t c = begin; c < end; ++c) {
-      int64_t n_values = 0, n_nan = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const scalar_t* src = x + (n * C + c) * HW;
-        for (int64_t p = 0; p < HW; ++p) {
-          const float v = static_cast<float>(src[p]);
-          if (std::isnan(v)) {
-            ++n_nan;
-          } else {
-            buffer[n_values++] = v;
-          }
-        }
-      }
-      radix_sort(buffer.data(), n_values, keys, scratch);
+      int64_t n_nan = 0;
+      const int64_t n_values = sorted_channel(x, N, C, HW, c, keys, scratch, counts, sorted.data(), &n_nan);
       sketch_update_channel(
-          buffer.data(), n_values, n_nan, capacity, mu + c * capacity, wt + c * capacity, sm + c * kSummaryFields,
+          sorted.data(), n_values, n_nan, capacity, mu + c * capacity, wt + c * capacity, sm + c * kSummaryFields,
           out_means.data(), out_weights.data());
     }
   });
