@@ -122,8 +122,10 @@ def masked_pool(features: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor)
 
     Args:
         features: [N, C, h, w].
-        masks: [M, H, W] bool, uint8 or floating.
-        rows: [M] int, the image each mask belongs to.
+        masks: [M, H, W] bool, uint8 or floating, on features' device.
+        rows: [M] int, the image each mask belongs to, on features' device or on the CPU. CPU rows
+            are range-checked on the host and copied without waiting for the GPU; rows on the GPU
+            cost one device synchronisation for that check.
     Returns:
         [M, C] float32.
     """

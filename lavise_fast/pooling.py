@@ -115,7 +115,7 @@ def pool_reference(
                 if not names:
                     continue
                 features = tap(images.to(device))[name]
-                pooled = ops.masked_pool(features, masks.to(device), rows.to(device)).cpu()
+                pooled = ops.masked_pool(features, masks.to(device), rows).cpu()  # CPU rows: no device sync
                 if raw is not None:
                     raw.write(pooled.numpy().tobytes())
                 else:

@@ -386,6 +386,20 @@ def test_masked_pool_matches_reference(device, dtype, N, C, h, w, M, H, W, mask_
     assert_close(out.cpu(), expected, **POOL_TOL)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_masked_pool_takes_cpu_rows(device, index_dtype):
+    # Rows on the CPU with features on any device: checked on the host, no device sync.
+    x = randn(5, 6, 7, 4)
+    masks = random_masks(9, 13, 11, torch.bool)
+    rows = torch.randint(0, 5, (9,), dtype=index_dtype)
+    expected = _reference.masked_pool(x, masks, rows)
+    out = ops.masked_pool(x.to(device), masks.to(device), rows)
+    assert out.device.type == device
+    assert_close(out.cpu(), expected, **POOL_TOL)
+    with pytest.raises(IndexError, match=r"rows holds values in \[0, 5\]"):
+        ops.masked_pool(x.to(device), masks.to(device), torch.tensor([0, 5] + [1] * 7, dtype=index_dtype))
+
+
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8, torch.float32])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_masked_pool_noncontiguous(device, dtype, mask_dtype):
@@ -1098,7 +1112,7 @@ WRONG_DEVICE_CASES = {
         _x(device=d), _i(0, device=d), _i(0, device=d), "activation", torch.zeros(4)
     ),
     "masked-masks": lambda d: ops.masked_pool(_x(device=d), torch.ones(1, 5, 5), _i(0, device=d)),
-    "masked-rows": lambda d: ops.masked_pool(_x(device=d), torch.ones(1, 5, 5, device=d), _i(0)),
+    "masked-rows": lambda d: ops.masked_pool(_x(device=d), torch.ones(1, 5, 5), _i(0, device=d)),  # CUDA rows, CPU rest
     "iou-thresholds": lambda d: ops.upsample_iou(
         _x(device=d), torch.zeros(4), torch.ones(1, 5, 5, dtype=torch.bool, device=d), _i(0, device=d)
     ),

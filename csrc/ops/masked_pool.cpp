@@ -18,8 +18,10 @@ void check_masked_pool(const at::Tensor& features, const at::Tensor& masks, cons
       masks.size(0) == 0 || features.size(2) * features.size(3) > 0,
       "features must have at least one spatial position, got shape ", features.sizes());
   check_same_device(masks, "masks", features, "features");
-  check_same_device(rows, "rows", features, "features");
-  check_index_range(rows, "rows", features.size(0), "N");
+  TORCH_CHECK_VALUE(
+      rows.device() == features.device() || rows.device().is_cpu(), "rows must be on the same device as features (",
+      features.device(), ") or on the CPU, got ", rows.device());
+  check_index_range(rows, "rows", features.size(0), "N");  // CPU rows: checked with no device sync
 }
 
 }  // namespace lavise_fast

@@ -7,7 +7,8 @@
 
 namespace lavise_fast {
 
-// features [N, C, h, w] floating; masks [M, H, W] bool/uint8/floating; rows [M] int.
+// features [N, C, h, w] floating; masks [M, H, W] bool/uint8/floating, on features' device;
+// rows [M] int, on features' device or on the CPU (then its range check needs no device sync).
 void check_masked_pool(const at::Tensor& features, const at::Tensor& masks, const at::Tensor& rows);
 
 // Source index of output position `dst` for nearest-exact resizing, computed

@@ -119,10 +119,56 @@ struct OpenCentroid {
   }
 };
 
-// Merges old centroids (sorted by mean; n_old of them) with sorted new values
-// (n_new, each of weight 1; on equal values the old centroid comes first) and
-// writes the compressed centroids to out_means/out_weights. Returns their count.
-// `total` is the weight of everything (old + new).
+// The merged sequence of old centroids (sorted by mean; n_old of them) and sorted new values
+// (n_new, each of weight 1; on equal values the old centroid comes first), read in order from
+// a position (i old, j new items already behind).
+template <typename value_t>
+struct MergeCursor {
+  const double* old_means;
+  const double* old_weights;
+  int64_t n_old;
+  const value_t* values;
+  int64_t n_new;
+  int64_t i = 0, j = 0;
+
+  LAVISE_HOST_DEVICE bool done() const {
+    return i >= n_old && j >= n_new;
+  }
+
+  // The next item's mean and weight; the cursor moves past it.
+  LAVISE_HOST_DEVICE void next(double* mean, double* weight) {
+    if (i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]))) {
+      *mean = old_means[i];
+      *weight = old_weights[i];
+      ++i;
+    } else {
+      *mean = static_cast<double>(values[j]);
+      *weight = 1.0;
+      ++j;
+    }
+  }
+
+  // Moves to item k (0 <= k <= n_old + n_new) without walking: the number i of old centroids
+  // among the first k items is the smallest i in [max(0, k - n_new), min(k, n_old)] for which
+  // old centroid i does not come before new value k - i - 1 (a merge path's binary search).
+  LAVISE_HOST_DEVICE void seek(int64_t k) {
+    int64_t lo = k > n_new ? k - n_new : 0, hi = k < n_old ? k : n_old;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (old_means[mid] <= static_cast<double>(values[k - mid - 1])) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    i = lo;
+    j = k - lo;
+  }
+};
+
+// Merges old centroids with sorted new values (see MergeCursor) and writes the compressed
+// centroids to out_means/out_weights. Returns their count. `total` is the weight of
+// everything (old + new). Sequential: one walk, the CPU kernel's.
 template <typename value_t>
 LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
     const double* old_means,
@@ -135,20 +181,13 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
     double* out_means,
     double* out_weights) {
   BucketWalk bucket_of(total, sketch_delta(capacity, total));
-  int64_t i = 0, j = 0, n_out = -1;
+  MergeCursor<value_t> items{old_means, old_weights, n_old, values, n_new};
+  int64_t n_out = -1;
   double before = 0.0, bucket = 0.0;
   OpenCentroid open;
-  while (i < n_old || j < n_new) {
+  while (!items.done()) {
     double m, w;
-    if (i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]))) {
-      m = old_means[i];
-      w = old_weights[i];
-      ++i;
-    } else {
-      m = static_cast<double>(values[j]);
-      w = 1.0;
-      ++j;
-    }
+    items.next(&m, &w);
     const double b = bucket_of(before, w);
     if (n_out >= 0 && b == bucket) {
       open.add(m, w);
@@ -168,6 +207,66 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
     out_weights[n_out] = open.weight;
   }
   return n_out + 1;
+}
+
+// The same merge in parallel form, item by item (the CUDA kernel's): with old_before[i] the
+// weight of the first i old centroids, item k of the merged sequence sits at
+// before = old_before[i] + j (i old, j new items ahead of it, by MergeCursor::seek), and
+// starts a centroid when its sketch_bucket differs from item k - 1's (or k = 0). The
+// centroids are then summed item by item from each start (sketch_centroid_from), in the
+// order of the sequential walk, so both forms give the same centroids bit for bit.
+template <typename value_t>
+LAVISE_HOST_DEVICE bool sketch_item_starts_centroid(
+    MergeCursor<value_t> items,
+    const double* old_before,
+    int64_t k,
+    double total,
+    double delta) {
+  double m, w;
+  items.seek(k);
+  const double before = old_before[items.i] + static_cast<double>(items.j);
+  items.next(&m, &w);
+  const double bucket = sketch_bucket(before, w, total, delta);
+  if (k == 0) {
+    return true;
+  }
+  items.seek(k - 1);
+  const double previous_before = old_before[items.i] + static_cast<double>(items.j);
+  items.next(&m, &w);
+  return sketch_bucket(previous_before, w, total, delta) != bucket;
+}
+
+// Whether item k starts a centroid, read from a row of flags (0/1) of the items before `end`;
+// every position from `end` on counts as a start (nothing runs past the last item).
+struct StartFlags {
+  const int32_t* row;
+  int64_t end;
+
+  LAVISE_HOST_DEVICE bool operator()(int64_t k) const {
+    return k >= end || row[k] != 0;
+  }
+};
+
+// The centroid that starts at item k and runs to the item before the next start
+// (is_start(k') true) or the end: its mean and weight.
+template <typename value_t, typename IsStart>
+LAVISE_HOST_DEVICE void sketch_centroid_from(
+    MergeCursor<value_t> items,
+    int64_t k,
+    IsStart is_start,
+    double* mean,
+    double* weight) {
+  double m, w;
+  items.seek(k);
+  items.next(&m, &w);
+  OpenCentroid open;
+  open.start(m, w);
+  for (int64_t next = k + 1; !items.done() && !is_start(next); ++next) {
+    items.next(&m, &w);
+    open.add(m, w);
+  }
+  *mean = open.mean();
+  *weight = open.weight;
 }
 
 // Folds one channel's batch into its sketch: counts n_nan NaN, updates the summary row

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "ops/quantile_sketch.h"
+
 namespace {
 
 int failures = 0;
@@ -141,6 +143,78 @@ void test_quantile_sketch() {
   check(at::equal(summary.select(1, 0), at::full({C}, 36.0, at::kDouble)), "sketch counts values");
 }
 
+// The parallel form of the sketch merge (the CUDA kernel's: starts item by item, centroids from
+// each start) against the sequential walk of the CPU kernel, on CPU, over sketches with heavy old
+// centroids, values tied with old means, infinities and one-value batches. Bit for bit.
+void test_sketch_parallel_form() {
+  auto f = op<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&)>("lavise_fast::quantile_sketch_update");
+  int cases = 0, agree = 0;
+  for (int64_t capacity : {8, 16, 33, 64}) {
+    for (int64_t n_new : {1, 7, 200, 3000}) {
+      for (int seed = 0; seed < 3; ++seed) {
+        at::manual_seed(seed * 1000 + capacity + n_new);
+        auto means = at::zeros({1, capacity}, at::kDouble);
+        auto weights = at::zeros({1, capacity}, at::kDouble);
+        auto summary = at::zeros({1, 4}, at::kDouble);
+        summary.select(1, 2).fill_(std::numeric_limits<double>::infinity());
+        summary.select(1, 3).fill_(-std::numeric_limits<double>::infinity());
+        // Earlier batches of rounded values: many centroids hold one repeated value, which the new
+        // values below then tie with.
+        for (int b = 0; b < 1 + seed; ++b) {
+          f.call(at::round(at::randn({50 * (b + 1), 1, 2, 2}) * 3), means, weights, summary);
+        }
+        auto values = at::round(at::randn({n_new}) * 3 + (seed == 2 ? 0.5 : 0.0));
+        if (n_new > 7) {
+          values[0] = std::numeric_limits<float>::infinity();
+          values[1] = -std::numeric_limits<float>::infinity();
+        }
+        values = std::get<0>(values.sort()).contiguous();
+        int64_t n_old = 0;
+        const double* old_means = means.data_ptr<double>();
+        const double* old_weights = weights.data_ptr<double>();
+        while (n_old < capacity && old_weights[n_old] > 0) {
+          ++n_old;
+        }
+        const double total = summary[0][0].item<double>() + static_cast<double>(n_new);
+        const float* v = values.data_ptr<float>();
+        std::vector<double> seq_means(capacity), seq_weights(capacity);
+        const int64_t n_seq = lavise_fast::sketch_merge_compress(
+            old_means, old_weights, n_old, v, n_new, total, capacity, seq_means.data(), seq_weights.data());
+
+        const int64_t T = n_old + n_new;
+        std::vector<double> old_before(n_old + 1, 0.0);
+        for (int64_t i = 0; i < n_old; ++i) {
+          old_before[i + 1] = old_before[i] + old_weights[i];
+        }
+        lavise_fast::MergeCursor<float> items{old_means, old_weights, n_old, v, n_new};
+        const double delta = lavise_fast::sketch_delta(capacity, total);
+        std::vector<int32_t> starts(T);
+        for (int64_t k = 0; k < T; ++k) {
+          starts[k] = lavise_fast::sketch_item_starts_centroid(items, old_before.data(), k, total, delta);
+        }
+        std::vector<double> par_means, par_weights;
+        for (int64_t k = 0; k < T; ++k) {
+          if (starts[k]) {
+            double m, w;
+            lavise_fast::sketch_centroid_from(items, k, lavise_fast::StartFlags{starts.data(), T}, &m, &w);
+            par_means.push_back(m);
+            par_weights.push_back(w);
+          }
+        }
+        bool same = static_cast<int64_t>(par_means.size()) == n_seq;
+        for (int64_t s = 0; same && s < n_seq; ++s) {
+          same = par_weights[s] == seq_weights[s] &&
+                 (par_means[s] == seq_means[s] || (std::isnan(par_means[s]) && std::isnan(seq_means[s])));
+        }
+        ++cases;
+        agree += same;
+      }
+    }
+  }
+  check(agree == cases, "sketch merge: the parallel form equals the sequential walk (" + std::to_string(agree) +
+                            " of " + std::to_string(cases) + " cases)");
+}
+
 }  // namespace
 
 int main() {
@@ -152,6 +226,7 @@ int main() {
   test_upsample_iou();
   test_cosine_topk();
   test_quantile_sketch();
+  test_sketch_parallel_form();
   std::printf("%d failed\n", failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -42,7 +42,8 @@ at::Tensor masked_pool_kernel(const at::Tensor& features, const at::Tensor& mask
   c10::cuda::CUDAGuard guard(features.device());
   auto x = features.contiguous();
   auto mk = masks.contiguous();
-  auto r = rows.to(at::kLong).contiguous();
+  // CPU rows (already range-checked on the host) are copied without waiting for the device.
+  auto r = rows.to(x.device(), at::kLong, /*non_blocking=*/true).contiguous();
   const int64_t H = mk.size(1), W = mk.size(2);
   const bool is_binary = !at::isFloatingType(mk.scalar_type());
   auto weights = at::empty({M, h * w}, x.options().dtype(at::kFloat));
