@@ -75,12 +75,17 @@ class TopPairs:
         Args:
             tops: the layer's current top images.
         """
-        if not self.stash_parts:
-            return
-        filt, images, weights, z = self._stash()
-        alive = (tops.indices[filt] == images[:, None]).any(1)
-        self.stash_parts = [(filt[alive], images[alive], weights[alive], z[alive])] if alive.any() else []
-        self.stash_rows = int(alive.sum())
+        kept, rows = [], 0
+        for part in self.stash_parts:  # part by part: the stash is never copied whole here
+            filt, images = part[0], part[1]
+            alive = (tops.indices[filt] == images[:, None]).any(1)
+            n = int(alive.sum())
+            if n == len(filt):
+                kept.append(part)
+            elif n:
+                kept.append(tuple(column[alive] for column in part))
+            rows += n
+        self.stash_parts, self.stash_rows = kept, rows
 
     def score(self) -> None:
         """Sends the stash through the head and keeps each pair's unit embedding."""
