@@ -16,35 +16,44 @@ using namespace lavise_fast::cuda;
 // thread per item), each centroid summed from its start (one thread per centroid), and the
 // rows written back (one thread per slot). Same centroids as the CPU kernel, bit for bit.
 
-__device__ __forceinline__ MergeCursor<float> channel_items(
-    const float* sorted, const int64_t* n_new, const double* means, const double* weights,
-    const int64_t* n_old, int64_t c, int64_t L, int64_t capacity) {
-  return MergeCursor<float>{means + c * capacity, weights + c * capacity, n_old[c], sorted + c * L, n_new[c]};
-}
+// What every launch reads: per channel c, the sorted values (row of L, the n_new[c] numbers
+// first) and the old centroids (row of capacity, the n_old[c] first in use).
+struct SketchRows {
+  const float* sorted;
+  const int64_t* n_new;
+  const double* means;
+  const double* weights;
+  const int64_t* n_old;
+  int64_t C, L, capacity;
+
+  __device__ int64_t width() const {
+    return capacity + L;
+  }
+
+  __device__ int64_t items(int64_t c) const {
+    return n_old[c] + n_new[c];
+  }
+
+  __device__ MergeCursor<float> cursor(int64_t c) const {
+    return MergeCursor<float>{means + c * capacity, weights + c * capacity, n_old[c], sorted + c * L, n_new[c]};
+  }
+};
 
 // starts[c, k] = 1 where item k of channel c starts a centroid, else 0 (also past its items
 // and for a channel with no new value, which keeps its centroids).
 __global__ void sketch_starts_kernel(
-    const float* __restrict__ sorted,
-    const int64_t* __restrict__ n_new,
-    const double* __restrict__ means,
-    const double* __restrict__ weights,
-    const int64_t* __restrict__ n_old,
+    SketchRows rows,
     const double* __restrict__ old_before,
     const double* __restrict__ totals,
-    int64_t C,
-    int64_t L,
-    int64_t capacity,
     int32_t* __restrict__ starts) {
-  const int64_t width = capacity + L;
-  LAVISE_CUDA_1D_KERNEL_LOOP(index, C * width) {
+  const int64_t width = rows.width(), capacity = rows.capacity;
+  LAVISE_CUDA_1D_KERNEL_LOOP(index, rows.C * width) {
     const int64_t c = index / width, k = index % width;
     int32_t start = 0;
-    if (n_new[c] > 0 && k < n_old[c] + n_new[c]) {
+    if (rows.n_new[c] > 0 && k < rows.items(c)) {
       const double total = totals[c];
       start = sketch_item_starts_centroid(
-          channel_items(sorted, n_new, means, weights, n_old, c, L, capacity), old_before + c * (capacity + 1), k,
-          total, sketch_delta(capacity, total));
+          rows.cursor(c), old_before + c * (capacity + 1), k, total, sketch_delta(capacity, total));
     }
     starts[index] = start;
   }
@@ -52,27 +61,18 @@ __global__ void sketch_starts_kernel(
 
 // The centroid starting at each start item, written to slot segments[c, k] - 1 of the scratch rows.
 __global__ void sketch_centroids_kernel(
-    const float* __restrict__ sorted,
-    const int64_t* __restrict__ n_new,
-    const double* __restrict__ means,
-    const double* __restrict__ weights,
-    const int64_t* __restrict__ n_old,
+    SketchRows rows,
     const int32_t* __restrict__ starts,
     const int32_t* __restrict__ segments,
-    int64_t C,
-    int64_t L,
-    int64_t capacity,
     double* __restrict__ scratch_means,
     double* __restrict__ scratch_weights) {
-  const int64_t width = capacity + L;
-  LAVISE_CUDA_1D_KERNEL_LOOP(index, C * width) {
+  const int64_t width = rows.width(), capacity = rows.capacity;
+  LAVISE_CUDA_1D_KERNEL_LOOP(index, rows.C * width) {
     const int64_t c = index / width, k = index % width;
     const int64_t slot = segments[index] - 1;
     if (starts[index] && slot < capacity) {
       double mean, weight;
-      sketch_centroid_from(
-          channel_items(sorted, n_new, means, weights, n_old, c, L, capacity), k,
-          StartFlags{starts + c * width, n_old[c] + n_new[c]}, &mean, &weight);
+      sketch_centroid_from(rows.cursor(c), k, StartFlags{starts + c * width, rows.items(c)}, &mean, &weight);
       scratch_means[c * capacity + slot] = mean;
       scratch_weights[c * capacity + slot] = weight;
     }
@@ -150,18 +150,17 @@ void quantile_sketch_update_kernel(
   auto old_before = at::cat({at::zeros({C, 1}, weights.options()), weights.cumsum(1)}, 1).contiguous();
   auto starts = at::empty({C, width}, x.options().dtype(at::kInt));
   auto stream = at::cuda::getCurrentCUDAStream();
+  const SketchRows sketch_rows{sorted.data_ptr<float>(), n_new.data_ptr<int64_t>(), means.data_ptr<double>(),
+                               weights.data_ptr<double>(), n_old.data_ptr<int64_t>(), C, L, capacity};
   sketch_starts_kernel<<<grid_size(C * width), kThreads, 0, stream>>>(
-      sorted.data_ptr<float>(), n_new.data_ptr<int64_t>(), means.data_ptr<double>(), weights.data_ptr<double>(),
-      n_old.data_ptr<int64_t>(), old_before.data_ptr<double>(), totals.data_ptr<double>(), C, L, capacity,
-      starts.data_ptr<int32_t>());
+      sketch_rows, old_before.data_ptr<double>(), totals.data_ptr<double>(), starts.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto segments = at::cumsum(starts, 1, at::kInt).contiguous();  // a centroid's slot + 1 at its start
   auto scratch_means = at::zeros({C, capacity}, means.options());
   auto scratch_weights = at::zeros({C, capacity}, weights.options());
   sketch_centroids_kernel<<<grid_size(C * width), kThreads, 0, stream>>>(
-      sorted.data_ptr<float>(), n_new.data_ptr<int64_t>(), means.data_ptr<double>(), weights.data_ptr<double>(),
-      n_old.data_ptr<int64_t>(), starts.data_ptr<int32_t>(), segments.data_ptr<int32_t>(), C, L, capacity,
-      scratch_means.data_ptr<double>(), scratch_weights.data_ptr<double>());
+      sketch_rows, starts.data_ptr<int32_t>(), segments.data_ptr<int32_t>(), scratch_means.data_ptr<double>(),
+      scratch_weights.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   sketch_write_back_kernel<<<grid_size(C * capacity), kThreads, 0, stream>>>(
       sorted.data_ptr<float>(), n_new.data_ptr<int64_t>(), nan_counts.data_ptr<int64_t>(),
