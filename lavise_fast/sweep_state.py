@@ -26,8 +26,10 @@ class TopPairs:
     stashed pairs that have left the top images are dropped before they are scored, and the
     stash is scored (the head) only when it outgrows ``budget_bytes`` and at the end, so most
     pairs that enter and leave again are never scored. Scored pairs keep their unit embedding:
-    per filter, image -> (embedding [D], or None when it was not finite; weight). How the
-    embeddings become words is :mod:`lavise_fast.scoring`'s job, at the end of the sweep.
+    per filter, image -> (table, row, weight), the embedding being ``tables[table][row]`` [D]
+    (table -1: it was not finite). Each scoring adds one table; when the tables hold more than
+    twice the rows still referenced, they are compacted into one. How the embeddings become
+    words is :mod:`lavise_fast.scoring`'s job, at the end of the sweep.
 
     Args:
         channels: C, the layer's filter count (also the pooled vectors' length).
@@ -36,7 +38,8 @@ class TopPairs:
     """
 
     def __init__(self, channels: int, head, budget_bytes: int = 64 << 20) -> None:
-        self.pairs: list[dict[int, tuple[torch.Tensor | None, float]]] = [{} for _ in range(channels)]
+        self.pairs: list[dict[int, tuple[int, int, float]]] = [{} for _ in range(channels)]
+        self.tables: list[torch.Tensor] = []  # unit embeddings [R, D], one per scoring
         self.head = head
         self.budget_rows = max(1, budget_bytes // (4 * channels))
         self.chunk_rows = max(1, min(budget_bytes, 64 << 20) // (4 * channels) // 4)  # pairs pooled at once
@@ -99,9 +102,44 @@ class TopPairs:
         unit = torch.nn.functional.normalize(torch.where(finite[:, None], embedded, 0.0), dim=1)
         finite = finite.tolist()
         self.non_finite += finite.count(False)
-        for k, image, weight, row, ok in zip(filt.tolist(), images.tolist(), weights.tolist(), unit, finite,
-                                             strict=True):
-            self.pairs[k][image] = (row.clone() if ok else None, weight)
+        self._add_table(unit, filt.tolist(), images.tolist(), weights.tolist(), finite)
+
+    def _add_table(self, unit: torch.Tensor, filt: list[int], images: list[int], weights: list[float],
+                   finite: list[bool]) -> None:
+        """Keeps unit embeddings [R, D] as a new table: pair r is (filt[r], images[r]) with weights[r]
+        (not finite[r]: no embedding)."""
+        table = len(self.tables)
+        self.tables.append(unit)
+        for row, (k, image, weight, ok) in enumerate(zip(filt, images, weights, finite, strict=True)):
+            self.pairs[k][image] = (table if ok else -1, row, weight)
+        referenced = sum(len(pairs) for pairs in self.pairs)
+        if len(self.tables) > 1 and sum(len(t) for t in self.tables) > 2 * referenced:
+            self._compact()
+
+    def _entries(self) -> list[tuple[int, int, int, int, float]]:
+        """Every scored pair as (filter, image, table, row, weight)."""
+        return [(k, image, table, row, weight) for k, pairs in enumerate(self.pairs)
+                for image, (table, row, weight) in pairs.items()]
+
+    def _gather(self, tables: list[int], rows: list[int], device: torch.device) -> torch.Tensor:
+        """The embeddings [len(rows), D] of (tables[i], rows[i]) (table -1: a NaN row), on device."""
+        out = torch.full((len(rows), self.dim or 0), math.nan, device=device)
+        where = torch.tensor(tables, dtype=torch.int64)
+        index = torch.tensor(rows, dtype=torch.int64)
+        for t, table in enumerate(self.tables):
+            mine = (where == t).nonzero().flatten()
+            if len(mine):
+                out[mine.to(device)] = table[index[mine].to(table.device)].to(device)
+        return out
+
+    def _compact(self) -> None:
+        """Copies the referenced embeddings into one table and drops the others."""
+        entries = self._entries()
+        table = self._gather([e[2] for e in entries], [e[3] for e in entries], self.tables[-1].device)
+        self.tables = [table]
+        self.pairs = [{} for _ in self.pairs]
+        for row, (k, image, t, _, weight) in enumerate(entries):
+            self.pairs[k][image] = (0 if t >= 0 else -1, row, weight)
 
     def forget(self, tops: TopImages, filters: list[int]) -> None:
         """Drops the scored pairs of ``filters`` that are no longer among their top images.
@@ -130,34 +168,33 @@ class TopPairs:
         K, P = images.shape
         embeddings = torch.zeros(K, P, dim, device=device)
         weights = torch.zeros(K, P, device=device)
-        at, rows, values = [], [], []
-        for row, (k, top) in enumerate(zip(filters, images.tolist(), strict=True)):
+        at, tables, rows, values = [], [], [], []
+        for i, (k, top) in enumerate(zip(filters, images.tolist(), strict=True)):
+            pairs = self.pairs[k]
             for slot, image in enumerate(top):
-                embedding, weight = self.pairs[k].get(image, (None, 0.0))
-                if embedding is not None and weight > 0:
-                    at.append((row, slot))
-                    rows.append(embedding)
+                table, row, weight = pairs.get(image, (-1, 0, 0.0))
+                if table >= 0 and weight > 0:
+                    at.append((i, slot))
+                    tables.append(table)
+                    rows.append(row)
                     values.append(weight)
         if at:
             index = torch.tensor(at, device=device).t()
-            embeddings[index[0], index[1]] = torch.stack(rows).to(device)
+            embeddings[index[0], index[1]] = self._gather(tables, rows, device)
             weights[index[0], index[1]] = torch.tensor(values, device=device)
         return embeddings, weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The scored pairs (filter [M], image [M], weight [M], embedding [M, D] with NaN rows where it
         was not finite) and the stash (filter, image, weight, z [R, C]), on the CPU."""
-        rows = [(k, image, weight, e) for k, pairs in enumerate(self.pairs) for image, (e, weight) in pairs.items()]
-        embeddings = torch.full((len(rows), self.dim or 0), math.nan)
-        for m, (_, _, _, e) in enumerate(rows):
-            if e is not None:
-                embeddings[m] = e.cpu()
+        entries = self._entries()
+        embeddings = self._gather([e[2] for e in entries], [e[3] for e in entries], torch.device("cpu"))
         stash = self._stash() if self.stash_parts else (torch.zeros(0, dtype=torch.int64),) * 2 + (
             torch.zeros(0), torch.zeros(0, len(self.pairs)))
         return {
-            "filter": torch.tensor([r[0] for r in rows], dtype=torch.int64),
-            "image": torch.tensor([r[1] for r in rows], dtype=torch.int64),
-            "weight": torch.tensor([r[2] for r in rows], dtype=torch.float32),
+            "filter": torch.tensor([e[0] for e in entries], dtype=torch.int64),
+            "image": torch.tensor([e[1] for e in entries], dtype=torch.int64),
+            "weight": torch.tensor([e[4] for e in entries], dtype=torch.float32),
             "embedding": embeddings,
             "stash_filter": stash[0].cpu(), "stash_image": stash[1].cpu(),
             "stash_weight": stash[2].cpu(), "stash_z": stash[3].cpu(),
@@ -173,14 +210,14 @@ class TopPairs:
             merge: add to the current pairs instead of replacing them.
         """
         if not merge:
-            self.pairs = [{} for _ in self.pairs]
+            self.pairs, self.tables = [{} for _ in self.pairs], []
             self.stash_parts, self.stash_rows, self.non_finite = [], 0, 0
         embeddings = state["embedding"]
         if embeddings.shape[0]:
             self.dim = embeddings.shape[1]
-        for k, image, weight, e in zip(state["filter"].tolist(), state["image"].tolist(), state["weight"].tolist(),
-                                       embeddings.to(device), strict=True):
-            self.pairs[k][image] = (None if bool(torch.isnan(e).any()) else e.clone(), weight)
+            finite = (~embeddings.isnan().any(1)).tolist()  # a NaN row: not finite when it was scored
+            self._add_table(embeddings.to(device), state["filter"].tolist(), state["image"].tolist(),
+                            state["weight"].tolist(), finite)
         if len(state["stash_filter"]):
             self.stash_parts.append(tuple(state[f"stash_{key}"].to(device)
                                           for key in ("filter", "image", "weight", "z")))
