@@ -252,6 +252,7 @@ def explain(
                     sweep.update(features[name], base)
                 base += images.shape[0]
                 batches += 1
+                del features  # freed before the next forward, which can then reuse its memory
                 if saver is not None and batches % checkpoint_every == 0:
                     save()
             pass_done = True

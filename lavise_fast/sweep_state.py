@@ -18,6 +18,11 @@ from lavise_fast.stats import ChannelQuantiles, TopImages
 
 __all__ = ["LayerSweep", "TopPairs", "default_stash_bytes"]
 
+# The most bytes of one temporary (pooling weights, pooled vectors, head activations): glibc serves
+# a block above 32 MiB with a fresh mapping, a page fault per 4 KiB on every use, and its frees shrink
+# the heap that the model's forward pass reuses.
+CHUNK_BYTES = 16 << 20
+
 
 class TopPairs:
     """The (filter, image) pairs of the top images and their embeddings.
@@ -42,7 +47,8 @@ class TopPairs:
         self.tables: list[torch.Tensor] = []  # unit embeddings [R, D], one per scoring
         self.head = head
         self.budget_rows = max(1, budget_bytes // (4 * channels))
-        self.chunk_rows = max(1, min(budget_bytes, 64 << 20) // (4 * channels) // 4)  # pairs pooled at once
+        # pairs pooled or scored at once
+        self.chunk_rows = max(1, min(budget_bytes // 4, CHUNK_BYTES) // (4 * channels))
         self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.stash_rows = 0
         self.non_finite = 0
@@ -91,18 +97,22 @@ class TopPairs:
         self.stash_parts, self.stash_rows = kept, rows
 
     def score(self) -> None:
-        """Sends the stash through the head and keeps each pair's unit embedding."""
+        """Sends the stash through the head, ``chunk_rows`` pairs at a time, and keeps each pair's unit embedding."""
         if not self.stash_parts:
             return
-        filt, images, weights, z = self._stash()
-        self.stash_parts, self.stash_rows = [], 0
-        embedded = self.head(z).float()
-        self.dim = embedded.shape[1]
-        finite = torch.isfinite(embedded).all(1)
-        unit = torch.nn.functional.normalize(torch.where(finite[:, None], embedded, 0.0), dim=1)
-        finite = finite.tolist()
+        parts, self.stash_parts, self.stash_rows = self.stash_parts, [], 0
+        units, finite = [], []
+        for part in parts:
+            for z in part[3].split(self.chunk_rows):
+                embedded = self.head(z).float()
+                ok = torch.isfinite(embedded).all(1)
+                units.append(torch.nn.functional.normalize(torch.where(ok[:, None], embedded, 0.0), dim=1))
+                finite.append(ok)
+        self.dim = units[0].shape[1]
+        filt, images, weights = (torch.cat([part[i] for part in parts]) for i in range(3))
+        finite = torch.cat(finite).tolist()
         self.non_finite += finite.count(False)
-        self._add_table(unit, filt.tolist(), images.tolist(), weights.tolist(), finite)
+        self._add_table(torch.cat(units), filt.tolist(), images.tolist(), weights.tolist(), finite)
 
     def _add_table(self, unit: torch.Tensor, filt: list[int], images: list[int], weights: list[float],
                    finite: list[bool]) -> None:
@@ -289,7 +299,10 @@ class LayerSweep:
         n = features.shape[0]
         entered = (tops.indices >= base) & (tops.indices < base + n) & self.wanted[:, None]
         filt, slot = entered.nonzero(as_tuple=True)
-        for f, sl in zip(filt.split(pairs.chunk_rows), slot.split(pairs.chunk_rows), strict=True):
+        by_image = tops.indices[filt, slot].argsort(stable=True)  # a chunk then pools few images, each read once
+        filt, slot = filt[by_image], slot[by_image]
+        step = min(pairs.chunk_rows, max(1, CHUNK_BYTES // (4 * math.prod(features.shape[2:]))))  # weights [step, hw]
+        for f, sl in zip(filt.split(step), slot.split(step), strict=True):
             rows = tops.indices[f, sl] - base  # pooled in chunks: memory stays within the budget
             if self.method == "original":
                 z = features[rows].float().mean((2, 3))

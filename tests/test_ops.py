@@ -327,6 +327,35 @@ def test_attention_pool_zero_weights(device, mode):
     assert (out[2] != 0).any()
 
 
+@pytest.mark.parametrize("mode", ["projection", "activation"])
+def test_attention_pool_non_finite_features(device, mode):
+    # NaN and inf in an image pool as mean(x * w) would, also where w = 0 (NaN * 0 and inf * 0 are
+    # NaN): a matrix product that skips zero weights would miss them. Other images stay exact.
+    x = torch.rand(4, 6, 5, 5) + 0.5
+    x[1, 3, 0, 0] = math.nan
+    x[2, 4, 1, 1] = math.inf
+    x[1, 0, 0, 0] = x[2, 0, 1, 1] = 0.0  # filter 0's weight is 0 where channels 3 and 4 are not finite
+    rows = torch.tensor([1, 0, 2, 1, 3, 2, 0])
+    filters = torch.tensor([0, 0, 0, 5, 1, 3, 4])
+    thresholds = torch.full((6,), 0.25)
+    expected = _reference.attention_pool(x, rows, filters, mode, thresholds)
+    out = ops.attention_pool(x.to(device), rows.to(device), filters.to(device), mode, thresholds.to(device))
+    assert out[0, 3].isnan() and out[2, 4].isnan(), "NaN * 0 and inf * 0 must give NaN"
+    assert torch.isfinite(out[[1, 4, 6]]).all()
+    assert_close(out.cpu(), expected, **POOL_TOL, equal_nan=True)
+
+
+def test_masked_pool_non_finite_features(device):
+    x = torch.rand(3, 5, 4, 4)
+    x[2, 1, 3, 3] = math.nan
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[:, :4, :4] = True  # the NaN's position is outside every mask
+    rows = torch.tensor([2, 0, 2, 1])
+    out = ops.masked_pool(x.to(device), masks.to(device), rows.to(device))
+    assert out[[0, 2], 1].isnan().all() and torch.isfinite(out[[1, 3]]).all()
+    assert_close(out.cpu(), _reference.masked_pool(x, masks, rows), **POOL_TOL, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("mode", ["projection", "activation"])
 def test_attention_pool_noncontiguous(device, mode, dtype):

@@ -57,8 +57,9 @@ at::Tensor attention_pool_kernel(
     return at::empty({M, features.size(1)}, features.options().dtype(at::kFloat));
   }
   auto x = features.contiguous();
-  auto r = rows.to(at::kLong).contiguous();
-  auto f = filters.to(at::kLong).contiguous();
+  const auto by = pool_order(rows.to(at::kLong).contiguous());
+  auto r = by.sorted_rows;  // the weights are made in the grouped order: no copy of them to sort
+  auto f = by.order.defined() ? filters.to(at::kLong).index_select(0, by.order) : filters.to(at::kLong).contiguous();
   at::Tensor t;
   if (!projection) {
     t = thresholds->to(at::kFloat).contiguous();
@@ -67,7 +68,7 @@ at::Tensor attention_pool_kernel(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "attention_pool_cpu", [&] {
     attention_weights_impl<scalar_t>(x, r, f, projection, projection ? nullptr : t.data_ptr<float>(), weights);
   });
-  return weighted_pool_cpu(x, r, weights);
+  return weighted_pool_cpu(x, by, weights);
 }
 
 }  // namespace

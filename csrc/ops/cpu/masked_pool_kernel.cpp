@@ -10,9 +10,9 @@
 namespace lavise_fast {
 namespace {
 
-// weights[m, y * w + x] = masks[m, sy(y), sx(x)] (nearest-exact source pixel).
+// weights[s, y * w + x] = masks[order[s], sy(y), sx(x)] (nearest-exact source pixel; order null: s).
 template <typename mask_t>
-void resize_masks_impl(const at::Tensor& masks, int64_t h, int64_t w, at::Tensor& weights) {
+void resize_masks_impl(const at::Tensor& masks, const int64_t* order, int64_t h, int64_t w, at::Tensor& weights) {
   const int64_t M = masks.size(0), H = masks.size(1), W = masks.size(2);
   std::vector<int64_t> sy(h), sx(w);
   for (int64_t y = 0; y < h; ++y) {
@@ -28,7 +28,7 @@ void resize_masks_impl(const at::Tensor& masks, int64_t h, int64_t w, at::Tensor
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       for (int64_t y = 0; y < h; ++y) {
-        const mask_t* row = src + (m * H + sy[y]) * W;
+        const mask_t* row = src + ((order ? order[m] : m) * H + sy[y]) * W;
         float* out = dst + (m * h + y) * w;
         for (int64_t x = 0; x < w; ++x) {
           out[x] = is_binary ? static_cast<float>(row[sx[x]] != mask_t(0)) : static_cast<float>(row[sx[x]]);
@@ -46,12 +46,12 @@ at::Tensor masked_pool_kernel(const at::Tensor& features, const at::Tensor& mask
   }
   auto x = features.contiguous();
   auto mk = masks.contiguous();
-  auto r = rows.to(at::kLong).contiguous();
+  const auto by = pool_order(rows.to(at::kLong).contiguous());
   auto weights = at::empty({M, h * w}, x.options().dtype(at::kFloat));
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, mk.scalar_type(), "masked_pool_cpu", [&] {
-    resize_masks_impl<scalar_t>(mk, h, w, weights);
+    resize_masks_impl<scalar_t>(mk, by.order.defined() ? by.order.data_ptr<int64_t>() : nullptr, h, w, weights);
   });
-  return weighted_pool_cpu(x, r, weights);
+  return weighted_pool_cpu(x, by, weights);  // weights in the grouped order
 }
 
 }  // namespace

@@ -1,14 +1,24 @@
 // CPU helper shared by attention_pool and masked_pool:
 //   out[m, c] = sum_p features[rows[m], c, p] * weights[m, p] / HW
-// Rows are visited in sorted order so that each image (C x HW) is read from cache for
-// all of its outputs; no M x C x HW product is ever formed.
+// The rows of one image are pooled by one matrix product, weights [k, HW] x image [HW, C], so
+// the image is read once for all of them; an image or weights holding NaN or inf take a plain
+// loop instead, which keeps IEEE's NaN and inf * 0 = NaN.
 #pragma once
 
 #include <ATen/ATen.h>
 
 namespace lavise_fast {
 
-// features [N, C, H, W] contiguous floating; rows [M] int64; weights [M, H*W] float32 -> [M, C] float32.
-at::Tensor weighted_pool_cpu(const at::Tensor& features, const at::Tensor& rows, const at::Tensor& weights);
+// The pairs grouped by image: order [M] int64, a stable argsort of rows (undefined when rows are
+// already in order: the identity), and rows[order].
+struct PoolOrder {
+  at::Tensor order, sorted_rows;
+};
+PoolOrder pool_order(const at::Tensor& rows);
+
+// features [N, C, H, W] contiguous floating; weights [M, H*W] float32 in the grouped order (row s
+// weighs pair by.order[s]) -> out [M, C] float32 in the pairs' order:
+//   out[by.order[s], c] = sum_p features[by.sorted_rows[s], c, p] * weights[s, p] / HW
+at::Tensor weighted_pool_cpu(const at::Tensor& features, const PoolOrder& by, const at::Tensor& weights);
 
 }  // namespace lavise_fast
