@@ -29,6 +29,7 @@ __all__ = ["MIN_SILHOUETTE", "MIN_SHARE", "split_in_two", "silhouette"]
 MIN_SILHOUETTE = 0.5  # Kaufman and Rousseeuw: 0.26-0.50 weak structure, 0.51-0.70 reasonable
 MIN_SHARE = 0.2
 _ITERATIONS = 20
+_CHUNK_ELEMENTS = 1 << 20  # filters split at once: [k, P, D] float64 of at most 8 MiB
 
 
 def silhouette(x: torch.Tensor, labels: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +69,11 @@ def split_in_two(embeddings: torch.Tensor, weights: torch.Tensor, centre: torch.
         min_silhouette: the least mean silhouette (cosine distances, :func:`silhouette`) of a kept split.
         min_share: the least share of a filter's scored images in each group (and at least 3 images).
     """
-    K, P, _ = embeddings.shape
+    K, P, D = embeddings.shape
+    step = max(1, _CHUNK_ELEMENTS // max(1, P * D))
+    if K > step:  # filters split independently: in chunks, no temporary outgrows the heap
+        return torch.cat([split_in_two(embeddings[i : i + step], weights[i : i + step], centre, min_silhouette,
+                                       min_share) for i in range(0, K, step)])
     live = weights > 0
     n = live.sum(1)
     x = torch.nn.functional.normalize(embeddings.double() - centre.double(), dim=2) * live[..., None]

@@ -40,7 +40,8 @@ SCORINGS = ("centred", "zscore", "pmi", "vote")
 DEFAULT_SCORING = "pmi"
 PMI_TEMPERATURE = 0.05
 PMI_LAMBDA = 0.9
-_CHUNK_ELEMENTS = 1 << 24  # filters are scored in chunks of at most this many (filter, image, word) cosines
+_CHUNK_ELEMENTS = 1 << 21  # filters are scored in chunks of at most this many (filter, image, word) cosines:
+# 8 MiB of float32, so that no temporary outgrows the heap (glibc maps blocks above 32 MiB afresh)
 
 
 @dataclass

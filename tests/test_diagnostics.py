@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lavise_fast import groups
 from lavise_fast.diagnostics import filter_flags, generic_words, word_statistics
 from lavise_fast.groups import silhouette, split_in_two
 from lavise_fast.result import ExplainResult
@@ -107,3 +108,17 @@ def test_two_clear_clusters_split_and_one_cloud_does_not():
     for k in range(3):  # each filter on its own gives the same labels
         alone = split_in_two(torch.stack([two, one, two])[k : k + 1], weights[k : k + 1], torch.zeros(12))
         assert torch.equal(alone[0], labels[k])
+
+
+def test_split_in_two_in_chunks_equals_all_at_once(monkeypatch):
+    # Filters are split in chunks of at most _CHUNK_ELEMENTS values; the labels are those of one batch.
+    g = torch.Generator().manual_seed(5)
+    centres = torch.nn.functional.normalize(torch.randn(40, 2, 8, generator=g), dim=2)
+    pick = (torch.rand(40, 11, generator=g) < 0.5).long()
+    x = centres.gather(1, pick[..., None].expand(-1, -1, 8)) + 0.3 * torch.randn(40, 11, 8, generator=g)
+    x = torch.nn.functional.normalize(x, dim=2)
+    weights = torch.rand(40, 11, generator=g) - 0.1
+    whole = split_in_two(x, weights, torch.zeros(8))
+    assert (whole == 1).any() and (whole == -1).any()
+    monkeypatch.setattr(groups, "_CHUNK_ELEMENTS", 3 * 11 * 8)  # three filters a chunk: 14 chunks
+    assert torch.equal(split_in_two(x, weights, torch.zeros(8)), whole)

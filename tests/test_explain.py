@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from test_explainer import COLOURS, Patches
 
+from lavise_fast import scoring as scoring_module
 from lavise_fast.layers import layer_features
 from lavise_fast.result import ExplainResult
 from lavise_fast.semantics import Static, Vocabulary
@@ -324,3 +325,18 @@ def test_nan_thresholds_are_refused_before_the_pass(setting):
     thresholds[[3, 7]] = math.nan
     with pytest.raises(ValueError, match=r"thresholds of 'layer3' hold NaN for 2 filter\(s\) \(\[3, 7\]\)"):
         explain(model, images, expl, method="activation", thresholds=thresholds, vocabulary=vocab, progress=False)
+
+
+@pytest.mark.parametrize("scoring", ["pmi", "vote"])
+def test_scores_in_chunks_of_filters_equal_one_chunk(monkeypatch, scoring):
+    # pmi and vote go over the pairs in chunks of filters; the chunking must not move a score.
+    g = torch.Generator().manual_seed(2)
+    embeddings = F.normalize(torch.randn(23, 6, 10, generator=g), dim=2)
+    weights = torch.rand(23, 6, generator=g) - 0.2
+    words = F.normalize(torch.randn(17, 10, generator=g), dim=1)
+    one, base_one = scoring_module.score_layer(embeddings, weights, words, scoring, 3)
+    monkeypatch.setattr(scoring_module, "_CHUNK_ELEMENTS", 2 * 6 * 17)  # two filters a chunk: 12 chunks
+    chunked, base = scoring_module.score_layer(embeddings, weights, words, scoring, 3)
+    torch.testing.assert_close(chunked, one, rtol=1e-12, atol=1e-12)
+    if scoring == "pmi":
+        torch.testing.assert_close(base.pmi, base_one.pmi, rtol=1e-12, atol=1e-15)
