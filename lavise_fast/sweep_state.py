@@ -31,10 +31,11 @@ class TopPairs:
     stashed pairs that have left the top images are dropped before they are scored, and the
     stash is scored (the head) only when it outgrows ``budget_bytes`` and at the end, so most
     pairs that enter and leave again are never scored. Scored pairs keep their unit embedding:
-    per filter, image -> (table, row, weight), the embedding being ``tables[table][row]`` [D]
-    (table -1: it was not finite). Each scoring adds one table; when the tables hold more than
-    twice the rows still referenced, they are compacted into one. How the embeddings become
-    words is :mod:`lavise_fast.scoring`'s job, at the end of the sweep.
+    per filter, image -> (table, row), the embedding being ``tables[table][row]`` [D], its weight
+    ``table_weights[table][row]`` (``table_finite[table][row]`` False: it was not finite). Each
+    scoring adds one table; when the tables hold more than twice the rows still referenced, they
+    are compacted into one. How the embeddings become words is :mod:`lavise_fast.scoring`'s job,
+    at the end of the sweep.
 
     Args:
         channels: C, the layer's filter count (also the pooled vectors' length).
@@ -43,8 +44,10 @@ class TopPairs:
     """
 
     def __init__(self, channels: int, head, budget_bytes: int = 64 << 20) -> None:
-        self.pairs: list[dict[int, tuple[int, int, float]]] = [{} for _ in range(channels)]
+        self.pairs: list[dict[int, int]] = [{} for _ in range(channels)]  # per filter: image -> table << 32 | row
         self.tables: list[torch.Tensor] = []  # unit embeddings [R, D], one per scoring
+        self.table_weights: list[list[float]] = []  # per table, each row's weight
+        self.table_finite: list[list[bool]] = []  # per table, whether each row's embedding was finite
         self.head = head
         self.budget_rows = max(1, budget_bytes // (4 * channels))
         # pairs pooled or scored at once
@@ -117,19 +120,31 @@ class TopPairs:
     def _add_table(self, unit: torch.Tensor, filt: list[int], images: list[int], weights: list[float],
                    finite: list[bool]) -> None:
         """Keeps unit embeddings [R, D] as a new table: pair r is (filt[r], images[r]) with weights[r]
-        (not finite[r]: no embedding)."""
+        (not finite[r]: no embedding). A pair is stored as one int, table << 32 | row, so that
+        many pairs make no work for Python's garbage collector (a tuple each did: its full
+        collections took 0.13 s at a time)."""
         table = len(self.tables)
         self.tables.append(unit)
-        for row, (k, image, weight, ok) in enumerate(zip(filt, images, weights, finite, strict=True)):
-            self.pairs[k][image] = (table if ok else -1, row, weight)
+        self.table_weights.append(weights)
+        self.table_finite.append(finite)
+        for row, (k, image) in enumerate(zip(filt, images, strict=True)):
+            self.pairs[k][image] = table << 32 | row
         referenced = sum(len(pairs) for pairs in self.pairs)
         if len(self.tables) > 1 and sum(len(t) for t in self.tables) > 2 * referenced:
             self._compact()
 
-    def _entries(self) -> list[tuple[int, int, int, int, float]]:
-        """Every scored pair as (filter, image, table, row, weight)."""
-        return [(k, image, table, row, weight) for k, pairs in enumerate(self.pairs)
-                for image, (table, row, weight) in pairs.items()]
+    def _entries(self) -> tuple[list[int], list[int], list[int], list[int], list[float]]:
+        """Every scored pair as columns: filter, image, table (-1: not finite), row, weight."""
+        filt, images, tables, rows, weights = [], [], [], [], []
+        for k, pairs in enumerate(self.pairs):
+            for image, code in pairs.items():
+                table, row = code >> 32, code & 0xFFFFFFFF
+                filt.append(k)
+                images.append(image)
+                tables.append(table if self.table_finite[table][row] else -1)
+                rows.append(row)
+                weights.append(self.table_weights[table][row])
+        return filt, images, tables, rows, weights
 
     def _gather(self, tables: list[int], rows: list[int], device: torch.device) -> torch.Tensor:
         """The embeddings [len(rows), D] of (tables[i], rows[i]) (table -1: a NaN row), on device."""
@@ -144,12 +159,10 @@ class TopPairs:
 
     def _compact(self) -> None:
         """Copies the referenced embeddings into one table and drops the others."""
-        entries = self._entries()
-        table = self._gather([e[2] for e in entries], [e[3] for e in entries], self.tables[-1].device)
-        self.tables = [table]
-        self.pairs = [{} for _ in self.pairs]
-        for row, (k, image, t, _, weight) in enumerate(entries):
-            self.pairs[k][image] = (0 if t >= 0 else -1, row, weight)
+        filt, images, tables, rows, weights = self._entries()
+        table = self._gather(tables, rows, self.tables[-1].device)
+        self.pairs, self.tables, self.table_weights, self.table_finite = [{} for _ in self.pairs], [], [], []
+        self._add_table(table, filt, images, weights, [t >= 0 for t in tables])
 
     def forget(self, tops: TopImages, filters: list[int]) -> None:
         """Drops the scored pairs of ``filters`` that are no longer among their top images.
@@ -178,33 +191,38 @@ class TopPairs:
         K, P = images.shape
         embeddings = torch.zeros(K, P, dim, device=device)
         weights = torch.zeros(K, P, device=device)
-        at, tables, rows, values = [], [], [], []
+        at_filter, at_slot, tables, rows, values = [], [], [], [], []
         for i, (k, top) in enumerate(zip(filters, images.tolist(), strict=True)):
             pairs = self.pairs[k]
             for slot, image in enumerate(top):
-                table, row, weight = pairs.get(image, (-1, 0, 0.0))
-                if table >= 0 and weight > 0:
-                    at.append((i, slot))
+                code = pairs.get(image)
+                if code is None:
+                    continue
+                table, row = code >> 32, code & 0xFFFFFFFF
+                weight = self.table_weights[table][row]
+                if self.table_finite[table][row] and weight > 0:
+                    at_filter.append(i)
+                    at_slot.append(slot)
                     tables.append(table)
                     rows.append(row)
                     values.append(weight)
-        if at:
-            index = torch.tensor(at, device=device).t()
-            embeddings[index[0], index[1]] = self._gather(tables, rows, device)
-            weights[index[0], index[1]] = torch.tensor(values, device=device)
+        if at_filter:
+            index = torch.tensor(at_filter, device=device), torch.tensor(at_slot, device=device)
+            embeddings[index] = self._gather(tables, rows, device)
+            weights[index] = torch.tensor(values, device=device)
         return embeddings, weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The scored pairs (filter [M], image [M], weight [M], embedding [M, D] with NaN rows where it
         was not finite) and the stash (filter, image, weight, z [R, C]), on the CPU."""
-        entries = self._entries()
-        embeddings = self._gather([e[2] for e in entries], [e[3] for e in entries], torch.device("cpu"))
+        filt, images, tables, rows, weights = self._entries()
+        embeddings = self._gather(tables, rows, torch.device("cpu"))
         stash = self._stash() if self.stash_parts else (torch.zeros(0, dtype=torch.int64),) * 2 + (
             torch.zeros(0), torch.zeros(0, len(self.pairs)))
         return {
-            "filter": torch.tensor([e[0] for e in entries], dtype=torch.int64),
-            "image": torch.tensor([e[1] for e in entries], dtype=torch.int64),
-            "weight": torch.tensor([e[4] for e in entries], dtype=torch.float32),
+            "filter": torch.tensor(filt, dtype=torch.int64),
+            "image": torch.tensor(images, dtype=torch.int64),
+            "weight": torch.tensor(weights, dtype=torch.float32),
             "embedding": embeddings,
             "stash_filter": stash[0].cpu(), "stash_image": stash[1].cpu(),
             "stash_weight": stash[2].cpu(), "stash_z": stash[3].cpu(),
@@ -220,7 +238,7 @@ class TopPairs:
             merge: add to the current pairs instead of replacing them.
         """
         if not merge:
-            self.pairs, self.tables = [{} for _ in self.pairs], []
+            self.pairs, self.tables, self.table_weights, self.table_finite = [{} for _ in self.pairs], [], [], []
             self.stash_parts, self.stash_rows, self.non_finite = [], 0, 0
         embeddings = state["embedding"]
         if embeddings.shape[0]:
