@@ -237,6 +237,9 @@ def add_common_arguments(
     parser.add_argument("--seed", type=int, default=0, help=f"seed of {seeds} [%(default)s]")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="apply lavise_fast.allocator.keep_freed_memory() first, as the lavise-fast command "
+                             "does; both sides share it (default: glibc's own allocator settings)")
     parser.add_argument(
         "--append-results",
         nargs="?",
@@ -267,19 +270,31 @@ def check_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, na
 
 
 def forwarded_options(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
-    """``--name value`` for each of the options ``names`` that is set, to hand them to a probe subprocess."""
+    """``--name value`` for each of the options ``names`` that is set (``--name`` alone for a flag that is on), to
+    hand them to a probe subprocess."""
     out: list[str] = []
     for name in names:
         value = getattr(args, name)
-        if value is not None:
+        if value is True:
+            out.append(f"--{name.replace('_', '-')}")
+        elif value is not None and value is not False:
             out += [f"--{name.replace('_', '-')}", str(value)]
     return out
 
 
+KEPT_MEMORY = False  # whether --keep-freed-memory applied (the machine rows say so)
+
+
 def configure_torch(args: argparse.Namespace) -> torch.device:
-    """Applies ``--threads`` and returns the device that ``--device`` names (:func:`resolve_device`)."""
+    """Applies ``--threads`` and ``--keep-freed-memory``, and returns the device that ``--device`` names
+    (:func:`resolve_device`)."""
+    global KEPT_MEMORY
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if getattr(args, "keep_freed_memory", False):
+        from lavise_fast.allocator import keep_freed_memory
+
+        KEPT_MEMORY = keep_freed_memory()
     return resolve_device(args.device)
 
 
@@ -488,6 +503,8 @@ def machine_rows(device: torch.device) -> list[tuple[str, str, str, str]]:
         "", "",
     ))
     rows.append(("device benchmarked", str(device), "", ""))
+    rows.append(("CPU allocator", "glibc, freed memory kept for reuse (lavise_fast.allocator.keep_freed_memory)"
+                 if KEPT_MEMORY else "the C library's defaults", "", ""))
     return rows
 
 

@@ -15,7 +15,8 @@ workers the command picks by default (``lavise_fast.loaders.default_workers``) o
 
 Time: each side is a whole command in a fresh process (``time.perf_counter`` around
 ``subprocess.run``), interleaved (explain, bare, explain, bare, ...) after one warm-up of each.
-The bare loop (``bench/folder.py --bare``) imports torch and torchvision, loads the same model
+The bare loop (``bench/folder.py --bare``) imports torch and torchvision, keeps freed memory as the
+command does (``lavise_fast.allocator``), loads the same model
 from the same state dict, and runs ``ImageFolder`` (the command's dataset) through a
 ``DataLoader`` with the same workers to ``layer4`` (``LayerFeatures``, stopped there), no grad.
 Start-up: the same two commands over a folder of one image (import, model, vocabulary and, for
@@ -66,11 +67,14 @@ def write_model_and_explainer(root: Path, seed: int) -> tuple[Path, Path]:
 
 
 def bare(folder: str, weights: str, workers: int, batch_size: int) -> None:
-    """The bare decode+forward loop (run as ``bench/folder.py --bare``)."""
+    """The bare decode+forward loop (run as ``bench/folder.py --bare``), with the allocator setting the
+    command applies by default (:func:`lavise_fast.allocator.keep_freed_memory`)."""
+    from lavise_fast.allocator import keep_freed_memory
     from lavise_fast.data import ImageFolder
     from lavise_fast.layers import LayerFeatures
     from lavise_fast.models import load_model
 
+    keep_freed_memory()
     model = load_model("resnet18", weights)
     loader = torch.utils.data.DataLoader(ImageFolder(folder), batch_size=batch_size, shuffle=False,
                                          num_workers=workers)

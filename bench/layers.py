@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[str, list[s
         for images in (small, large):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(images), "--device",
                    device.type, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed)] + common.forwarded_options(args, ("threads", "keep_freed_memory"))
             peaks[images] = common.json_subprocess(cmd, 3600)
         growth = peaks[large]["explain"] / peaks[small]["explain"] - 1
         for images, peak in peaks.items():

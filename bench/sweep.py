@@ -278,7 +278,8 @@ def memory_subprocess(args: argparse.Namespace, images: int, device: torch.devic
     """Runs :func:`probe_memory` for ``images`` in a fresh process with the same settings."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(images), "--device", device.type]
     cmd += common.forwarded_options(args, ("model", "image_size", "batch_size", "layer", "top_images",
-                                           "words_per_image", "vocabulary", "dim", "seed", "threads"))
+                                           "words_per_image", "vocabulary", "dim", "seed", "threads",
+                                           "keep_freed_memory"))
     return {"images": images} | common.json_subprocess(cmd, timeout_s)
 
 
