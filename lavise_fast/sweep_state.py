@@ -88,7 +88,9 @@ class TopPairs:
             tops: the layer's current top images.
         """
         kept, rows = [], 0
-        for part in self.stash_parts:  # part by part: the stash is never copied whole here
+        parts, self.stash_parts = self.stash_parts, []
+        while parts:  # part by part, each old part let go once copied: the stash is never held twice
+            part = parts.pop()
             filt, images = part[0], part[1]
             alive = (tops.indices[filt] == images[:, None]).any(1)
             n = int(alive.sum())
@@ -97,7 +99,8 @@ class TopPairs:
             elif n:
                 kept.append(tuple(column[alive] for column in part))
             rows += n
-        self.stash_parts, self.stash_rows = kept, rows
+            del part
+        self.stash_parts, self.stash_rows = kept[::-1], rows
 
     def score(self) -> None:
         """Sends the stash through the head, ``chunk_rows`` pairs at a time, and keeps each pair's unit embedding."""
