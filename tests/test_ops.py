@@ -285,7 +285,8 @@ def test_spatial_max_topk_empty(device, N, C, H, W, P):
 # ----------------------------------------------------------------------------------------------
 # attention_pool
 
-POOL_SHAPES = [(1, 1, 1, 1, 1), (3, 7, 5, 3, 4), (7, 3, 1, 9, 11), (4, 16, 7, 7, 9)]
+# The last: 40 rows an image, pooled by a matrix product per image on the CPU (the others: the plain loop).
+POOL_SHAPES = [(1, 1, 1, 1, 1), (3, 7, 5, 3, 4), (7, 3, 1, 9, 11), (4, 16, 7, 7, 9), (3, 16, 5, 4, 120)]
 
 
 def random_thresholds(x: torch.Tensor) -> torch.Tensor:
@@ -327,16 +328,17 @@ def test_attention_pool_zero_weights(device, mode):
     assert (out[2] != 0).any()
 
 
+@pytest.mark.parametrize("copies", [1, 20])  # 20: enough rows an image for the CPU's matrix products
 @pytest.mark.parametrize("mode", ["projection", "activation"])
-def test_attention_pool_non_finite_features(device, mode):
+def test_attention_pool_non_finite_features(device, mode, copies):
     # NaN and inf in an image pool as mean(x * w) would, also where w = 0 (NaN * 0 and inf * 0 are
     # NaN): a matrix product that skips zero weights would miss them. Other images stay exact.
     x = torch.rand(4, 6, 5, 5) + 0.5
     x[1, 3, 0, 0] = math.nan
     x[2, 4, 1, 1] = math.inf
     x[1, 0, 0, 0] = x[2, 0, 1, 1] = 0.0  # filter 0's weight is 0 where channels 3 and 4 are not finite
-    rows = torch.tensor([1, 0, 2, 1, 3, 2, 0])
-    filters = torch.tensor([0, 0, 0, 5, 1, 3, 4])
+    rows = torch.tensor([1, 0, 2, 1, 3, 2, 0]).repeat(copies)
+    filters = torch.tensor([0, 0, 0, 5, 1, 3, 4]).repeat(copies)
     thresholds = torch.full((6,), 0.25)
     expected = _reference.attention_pool(x, rows, filters, mode, thresholds)
     out = ops.attention_pool(x.to(device), rows.to(device), filters.to(device), mode, thresholds.to(device))
@@ -345,12 +347,13 @@ def test_attention_pool_non_finite_features(device, mode):
     assert_close(out.cpu(), expected, **POOL_TOL, equal_nan=True)
 
 
-def test_masked_pool_non_finite_features(device):
+@pytest.mark.parametrize("copies", [1, 20])
+def test_masked_pool_non_finite_features(device, copies):
     x = torch.rand(3, 5, 4, 4)
     x[2, 1, 3, 3] = math.nan
-    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks = torch.zeros(4 * copies, 8, 8, dtype=torch.bool)
     masks[:, :4, :4] = True  # the NaN's position is outside every mask
-    rows = torch.tensor([2, 0, 2, 1])
+    rows = torch.tensor([2, 0, 2, 1]).repeat(copies)
     out = ops.masked_pool(x.to(device), masks.to(device), rows.to(device))
     assert out[[0, 2], 1].isnan().all() and torch.isfinite(out[[1, 3]]).all()
     assert_close(out.cpu(), _reference.masked_pool(x, masks, rows), **POOL_TOL, equal_nan=True)
@@ -391,6 +394,7 @@ MASK_SHAPES = [  # N, C, h, w (features) and M, H, W (masks)
     (4, 6, 7, 7, 5, 28, 28),  # larger, integer ratio
     (3, 4, 9, 6, 3, 4, 5),  # smaller than the grid
     (2, 3, 6, 10, 3, 1, 1),  # 1 x 1 masks
+    (2, 6, 7, 5, 64, 13, 11),  # 32 masks an image: a matrix product per image on the CPU
 ]
 
 

@@ -1,8 +1,9 @@
 // CPU helper shared by attention_pool and masked_pool:
 //   out[m, c] = sum_p features[rows[m], c, p] * weights[m, p] / HW
-// The rows of one image are pooled by one matrix product, weights [k, HW] x image [HW, C], so
-// the image is read once for all of them; an image or weights holding NaN or inf take a plain
-// loop instead, which keeps IEEE's NaN and inf * 0 = NaN.
+// When images have at least 16 rows each on average, the rows of one image are pooled by one
+// matrix product, weights [k, HW] x image [HW, C], so the image is read once for all of them; an
+// image or weights holding NaN or inf take a plain loop instead, which keeps IEEE's NaN and
+// inf * 0 = NaN. With fewer rows an image, the plain loop runs over all rows in parallel.
 #pragma once
 
 #include <ATen/ATen.h>
