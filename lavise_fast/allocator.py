@@ -13,9 +13,13 @@ from __future__ import annotations
 import ctypes
 import sys
 
-__all__ = ["keep_freed_memory", "MMAP_THRESHOLD"]
+__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TEMPORARY_BYTES"]
 
 MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap
+# The most bytes of one temporary in the sweep's chunked work (pooling, the head, scoring, groups):
+# under glibc's defaults a block above 32 MiB is mapped afresh, a page fault per 4 KiB on every use,
+# and its frees shrink the heap that the model's forward pass reuses.
+TEMPORARY_BYTES = 16 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 _NEVER_TRIM = 2**31 - 1
 

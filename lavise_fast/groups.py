@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import torch
 
+from lavise_fast.allocator import TEMPORARY_BYTES
+
 __all__ = ["MIN_SILHOUETTE", "MIN_SHARE", "split_in_two", "silhouette"]
 
 MIN_SILHOUETTE = 0.5  # Kaufman and Rousseeuw: 0.26-0.50 weak structure, 0.51-0.70 reasonable
 MIN_SHARE = 0.2
 _ITERATIONS = 20
-_CHUNK_ELEMENTS = 1 << 20  # filters split at once: [k, P, D] float64 of at most 8 MiB
+_CHUNK_ELEMENTS = TEMPORARY_BYTES // 16  # filters split at once: [k, P, D] float64 of half TEMPORARY_BYTES
 
 
 def silhouette(x: torch.Tensor, labels: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:

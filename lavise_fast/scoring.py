@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from lavise_fast import ops
+from lavise_fast.allocator import TEMPORARY_BYTES
 from lavise_fast.errors import InputError
 
 __all__ = ["SCORINGS", "DEFAULT_SCORING", "LayerBaseline", "score_layer", "word_scores", "ranked_words"]
@@ -40,8 +41,9 @@ SCORINGS = ("centred", "zscore", "pmi", "vote")
 DEFAULT_SCORING = "pmi"
 PMI_TEMPERATURE = 0.05
 PMI_LAMBDA = 0.9
-_CHUNK_ELEMENTS = 1 << 21  # filters are scored in chunks of at most this many (filter, image, word) cosines:
-# 8 MiB of float32, so that no temporary outgrows the heap (glibc maps blocks above 32 MiB afresh)
+# Filters are scored in chunks of at most this many (filter, image, word) cosines: their float64 sum
+# fits in TEMPORARY_BYTES (lavise_fast.allocator says why).
+_CHUNK_ELEMENTS = TEMPORARY_BYTES // 8
 
 
 @dataclass

@@ -14,14 +14,12 @@ import math
 import torch
 
 from lavise_fast import ops
+from lavise_fast.allocator import TEMPORARY_BYTES
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
 __all__ = ["LayerSweep", "TopPairs", "default_stash_bytes"]
 
-# The most bytes of one temporary (pooling weights, pooled vectors, head activations): glibc serves
-# a block above 32 MiB with a fresh mapping, a page fault per 4 KiB on every use, and its frees shrink
-# the heap that the model's forward pass reuses.
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = TEMPORARY_BYTES  # pooling weights, pooled vectors, head activations
 
 
 class TopPairs:
@@ -320,11 +318,12 @@ class LayerSweep:
         n = features.shape[0]
         entered = (tops.indices >= base) & (tops.indices < base + n) & self.wanted[:, None]
         filt, slot = entered.nonzero(as_tuple=True)
-        by_image = tops.indices[filt, slot].argsort(stable=True)  # a chunk then pools few images, each read once
-        filt, slot = filt[by_image], slot[by_image]
+        image = tops.indices[filt, slot]
+        by_image = image.argsort(stable=True)  # a chunk then pools few images, each read once
+        filt, slot, image = filt[by_image], slot[by_image], image[by_image]
         step = min(pairs.chunk_rows, max(1, CHUNK_BYTES // (4 * math.prod(features.shape[2:]))))  # weights [step, hw]
-        for f, sl in zip(filt.split(step), slot.split(step), strict=True):
-            rows = tops.indices[f, sl] - base  # pooled in chunks: memory stays within the budget
+        for f, sl, im in zip(filt.split(step), slot.split(step), image.split(step), strict=True):
+            rows = im - base  # pooled in chunks: memory stays within the budget
             if self.method == "original":
                 z = features[rows].float().mean((2, 3))
             else:
