@@ -49,12 +49,12 @@ _CHUNK_ELEMENTS = TEMPORARY_BYTES // 8
 @dataclass
 class LayerBaseline:
     """What a layer's images evoke in general: per word, the mean ``mean`` [V] and standard deviation
-    ``std`` [V] of the cosines of all scored pairs, ``pmi`` [V] the mean softmax probability (for
-    ``pmi``; None when not computed), and ``pairs``, how many pairs they rest on (float64, on the
-    embeddings' device)."""
+    ``std`` [V] of the cosines of all scored pairs (for ``centred`` and ``zscore``), ``pmi`` [V] the
+    mean softmax probability (for ``pmi``), each None when not computed, and ``pairs``, how many
+    pairs they rest on (float64, on the embeddings' device)."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
     pmi: torch.Tensor | None
     pairs: int
 
@@ -98,7 +98,8 @@ def _pmi_pass(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tens
 def score_layer(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor,
                 scoring: str = DEFAULT_SCORING, s: int = 5) -> tuple[torch.Tensor, LayerBaseline]:
     """:func:`word_scores` [K, V] of every filter of a layer and the layer's baseline (over the pairs
-    with ``weights > 0``; the softmax means only for ``pmi``), in one pass over the pairs.
+    with ``weights > 0``: the cosines' moments for ``centred`` and ``zscore``, the softmax means for
+    ``pmi``, nothing but the pair count for ``vote``), in one pass over the pairs.
 
     Args:
         embeddings: [K, P, D] unit embeddings of each filter's top images.
@@ -108,10 +109,10 @@ def score_layer(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
         s: ``vote`` only: the words each image votes for.
     """
     live = weights > 0
-    mean, std = _moments(embeddings, live, words)
-    pmi = None
-    chosen = None
-    if scoring == "pmi":
+    mean = std = pmi = chosen = None
+    if scoring in ("centred", "zscore"):
+        mean, std = _moments(embeddings, live, words)
+    elif scoring == "pmi":
         chosen, pmi = _pmi_pass(embeddings, weights, words, None)
     baseline = LayerBaseline(mean, std, pmi, int(live.sum()))
     return word_scores(embeddings, weights, words, scoring, s, baseline, _chosen=chosen), baseline
@@ -150,7 +151,7 @@ def word_scores(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Te
                              accumulate=True)
             out = torch.where(votes > 0, votes, out)
         return out
-    if baseline is None or (scoring == "pmi" and baseline.pmi is None):
+    if baseline is None or (baseline.pmi if scoring == "pmi" else baseline.mean) is None:
         return score_layer(embeddings, weights, words, scoring, s)[0]
     if scoring == "pmi":
         chosen = _pmi_pass(embeddings, weights, words, baseline.pmi)[0] if _chosen is None else _chosen

@@ -162,7 +162,7 @@ def assert_ties_ascending(values: torch.Tensor, indices: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # spatial_max_topk
 
-TOPK_SHAPES = [(1, 1, 1, 1), (3, 7, 5, 3), (7, 3, 1, 9), (16, 5, 7, 7), (2, 33, 4, 4)]
+TOPK_SHAPES = [(1, 1, 1, 1), (3, 7, 5, 3), (7, 3, 1, 9), (16, 5, 7, 7), (2, 33, 4, 4), (3, 9, 6, 7), (2, 4, 13, 13)]
 
 
 @pytest.mark.parametrize("P", [1, 5, 20])
@@ -182,6 +182,19 @@ def test_spatial_max_topk_matches_reference(device, dtype, N, C, H, W, P):
     assert_equal(maxima, ref_maxima)
     assert_equal(values, ref_values)
     assert_equal(indices, ref_indices)
+
+
+@pytest.mark.parametrize("HW", [7, 8, 9, 31, 32, 33, 42, 49, 196])
+def test_spatial_max_topk_finds_the_max_at_every_position(device, HW):
+    # The CPU kernel reads a map in blocks of 32 and 8 values and its last HW % 8 values as the
+    # last eight: channel c has its maximum at position c, all others below it (some NaN).
+    x = -torch.rand(2, HW, 1, HW) - 1.0
+    x[:, torch.arange(HW), 0, torch.arange(HW)] = torch.rand(2, HW) + 1.0
+    x[1, torch.arange(HW), 0, (torch.arange(HW) + 1) % HW] = math.nan
+    values = torch.full((HW, 2), -math.inf)
+    indices = torch.full((HW, 2), -1, dtype=torch.int64)
+    maxima = ops.spatial_max_topk(x.to(device), values.to(device), indices.to(device), 0)
+    assert_equal(maxima, x.flatten(2).nan_to_num(-math.inf).amax(2).to(device))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -286,7 +299,8 @@ def test_spatial_max_topk_empty(device, N, C, H, W, P):
 # attention_pool
 
 # The last: 40 rows an image, pooled by a matrix product per image on the CPU (the others: the plain loop).
-POOL_SHAPES = [(1, 1, 1, 1, 1), (3, 7, 5, 3, 4), (7, 3, 1, 9, 11), (4, 16, 7, 7, 9), (3, 16, 5, 4, 120)]
+POOL_SHAPES = [(1, 1, 1, 1, 1), (3, 7, 5, 3, 4), (7, 3, 1, 9, 11), (4, 16, 7, 7, 9), (3, 16, 5, 4, 120),
+               (2, 70, 4, 5, 25)]  # 12 or 13 rows an image, 70 channels: the plain loop's blocks
 
 
 def random_thresholds(x: torch.Tensor) -> torch.Tensor:
@@ -395,6 +409,7 @@ MASK_SHAPES = [  # N, C, h, w (features) and M, H, W (masks)
     (3, 4, 9, 6, 3, 4, 5),  # smaller than the grid
     (2, 3, 6, 10, 3, 1, 1),  # 1 x 1 masks
     (2, 6, 7, 5, 64, 13, 11),  # 32 masks an image: a matrix product per image on the CPU
+    (2, 70, 4, 5, 25, 9, 10),  # 12 or 13 masks an image, 70 channels: the plain loop's blocks
 ]
 
 

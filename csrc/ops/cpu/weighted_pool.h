@@ -3,7 +3,8 @@
 // When images have at least 16 rows each on average, the rows of one image are pooled by one
 // matrix product, weights [k, HW] x image [HW, C], so the image is read once for all of them; an
 // image or weights holding NaN or inf take a plain loop instead, which keeps IEEE's NaN and
-// inf * 0 = NaN. With fewer rows an image, the plain loop runs over all rows in parallel.
+// inf * 0 = NaN. With fewer rows an image, the plain loop pools up to 8 rows of an image at once,
+// reading each channel of the image once for all of them, in parallel over images and channels.
 #pragma once
 
 #include <ATen/ATen.h>
