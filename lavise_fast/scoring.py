@@ -79,19 +79,24 @@ def _moments(embeddings: torch.Tensor, live: torch.Tensor, words: torch.Tensor) 
 def _pmi_pass(embeddings: torch.Tensor, weights: torch.Tensor, words: torch.Tensor,
               baseline: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the pairs in chunks of filters: each filter's activation-weighted mean softmax
-    probability [K, V] and, unless given, the layer's mean probability [V] (float64)."""
+    probability [K, V] and, unless given, the layer's mean probability [V] (float64). One batched
+    product gives both a filter's weighted mean and the sum over its live pairs (float32 over its
+    P pairs); the filters' sums are added in float64."""
     K, P, _ = embeddings.shape
     V = words.shape[0]
     live = weights > 0
     a = torch.where(live, weights.double(), 0.0)
     share = a / a.sum(1, keepdim=True).clamp_min(1e-300)
+    rows = torch.stack([share.float(), live.float()], 1)  # [K, 2, P]: the weighted mean, the live sum
     chosen = torch.zeros(K, V, dtype=torch.float64, device=embeddings.device)
     total = torch.zeros(V, dtype=torch.float64, device=embeddings.device)
     for part in _chunks(K, P, V):
-        p = torch.softmax((embeddings[part].float() @ words.t()) / PMI_TEMPERATURE, dim=2)  # [k, P, V]
-        chosen[part] = torch.einsum("kp,kpv->kv", share[part].float(), p).double()
+        p = torch.softmax((embeddings[part].float() @ words.t()).div_(PMI_TEMPERATURE), dim=2)  # [k, P, V]
+        both = torch.bmm(rows[part], p)  # [k, 2, V]
+        del p
+        chosen[part] = both[:, 0].double()
         if baseline is None:
-            total += p[live[part]].double().sum(0)
+            total += both[:, 1].double().sum(0)
     return chosen, (total / max(1, int(live.sum())) if baseline is None else baseline)
 
 

@@ -192,25 +192,21 @@ class TopPairs:
         K, P = images.shape
         embeddings = torch.zeros(K, P, dim, device=device)
         weights = torch.zeros(K, P, device=device)
-        at_filter, at_slot, tables, rows, values = [], [], [], [], []
-        for i, (k, top) in enumerate(zip(filters, images.tolist(), strict=True)):
-            pairs = self.pairs[k]
-            for slot, image in enumerate(top):
-                code = pairs.get(image)
-                if code is None:
-                    continue
-                table, row = code >> 32, code & 0xFFFFFFFF
-                weight = self.table_weights[table][row]
-                if self.table_finite[table][row] and weight > 0:
-                    at_filter.append(i)
-                    at_slot.append(slot)
-                    tables.append(table)
-                    rows.append(row)
-                    values.append(weight)
-        if at_filter:
-            index = torch.tensor(at_filter, device=device), torch.tensor(at_slot, device=device)
-            embeddings[index] = self._gather(tables, rows, device)
-            weights[index] = torch.tensor(values, device=device)
+        codes = torch.tensor([self.pairs[k].get(image, -1) for k, top in zip(filters, images.tolist(), strict=True)
+                              for image in top], dtype=torch.int64).view(K, P)  # table << 32 | row; -1: none
+        tables, rows = codes >> 32, codes & 0xFFFFFFFF
+        for t, table in enumerate(self.tables):
+            mine = (codes >= 0) & (tables == t)
+            if not mine.any():
+                continue
+            row = rows[mine]
+            weight = torch.tensor(self.table_weights[t], dtype=torch.float32)[row]
+            counts = torch.tensor(self.table_finite[t], dtype=torch.bool)[row] & (weight > 0)
+            at = mine.nonzero()[counts]
+            if len(at):
+                index = (at[:, 0].to(device), at[:, 1].to(device))
+                embeddings[index] = table[row[counts].to(table.device)].to(device)
+                weights[index] = weight[counts].to(device)
         return embeddings, weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:

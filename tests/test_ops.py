@@ -682,7 +682,9 @@ def assert_sketch_equal(actual, expected) -> None:
 
 
 @pytest.mark.parametrize(
-    "N, C, H, W, capacity", [(1, 1, 1, 1, 8), (3, 5, 7, 3, 16), (4, 3, 9, 9, 64), (2, 7, 1, 13, 33)]
+    "N, C, H, W, capacity",
+    [(1, 1, 1, 1, 8), (3, 5, 7, 3, 16), (4, 3, 9, 9, 64), (2, 7, 1, 13, 33),
+     (2, 3, 40, 50, 64)],  # 4,000 values a channel: long runs of new values join a centroid at once
 )
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_quantile_sketch_update_matches_reference(device, dtype, N, C, H, W, capacity):

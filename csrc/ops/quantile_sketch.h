@@ -56,6 +56,12 @@ class BucketWalk {
   LAVISE_HOST_DEVICE BucketWalk(double total, double delta)
       : total_(total), delta_(delta), step_(exp(-1.0 / delta)) {}
 
+  // Every item with `before + weight / 2` below this is surely in the current bucket (-inf
+  // before the first item): operator() returns that bucket for it and changes nothing.
+  LAVISE_HOST_DEVICE double surely_below() const {
+    return started_ ? end_ * (1.0 - 1e-9) : -DBL_MAX;
+  }
+
   // The bucket of an item at `before` of weight `weight`; items come in ascending order.
   LAVISE_HOST_DEVICE double operator()(double before, double weight) {
     const double below = before + 0.5 * weight;
@@ -114,6 +120,19 @@ struct OpenCentroid {
     }
   }
 
+  // add(m, 1) for each of n > 0 finite values v[0] <= ... <= v[n - 1], in order: the same sums
+  // (w * m = m for w = 1, and whole-number weights add exactly), without a test per value.
+  template <typename value_t>
+  LAVISE_HOST_DEVICE void add_sorted_finite(const value_t* v, int64_t n) {
+    same = same && static_cast<double>(v[0]) == first && static_cast<double>(v[n - 1]) == first;
+    double total = sum;
+    for (int64_t k = 0; k < n; ++k) {
+      total += static_cast<double>(v[k]);
+    }
+    sum = total;
+    weight += static_cast<double>(n);
+  }
+
   LAVISE_HOST_DEVICE double mean() const {
     return infinite ? infinity : (same ? first : sum / weight);
   }
@@ -166,6 +185,39 @@ struct MergeCursor {
   }
 };
 
+// How many new values come next in the merged sequence (before the next old centroid) with
+// `before + 1/2` below `limit`, `before` counting one per value from the cursor's `before`. All
+// weights are whole numbers, so each value's `before` is exact, as in the walk one by one.
+template <typename value_t>
+LAVISE_HOST_DEVICE int64_t new_values_in_bucket(const MergeCursor<value_t>& items, double before, double limit) {
+  const int64_t left = items.n_new - items.j;
+  const double room = limit - before - 0.5;
+  if (left <= 0 || !(room > 0.0)) {
+    return 0;
+  }
+  int64_t count = room < static_cast<double>(left) ? static_cast<int64_t>(room) + 1 : left;
+  while (count > 0 && !(before + static_cast<double>(count - 1) + 0.5 < limit)) {
+    --count;  // the formula's rounding, corrected against the walk's own test
+  }
+  while (count < left && before + static_cast<double>(count) + 0.5 < limit) {
+    ++count;
+  }
+  if (items.i < items.n_old) {  // stop at the first value >= the next old mean (it comes first on ties)
+    const double old_mean = items.old_means[items.i];
+    int64_t lo = 0, hi = count;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (static_cast<double>(items.values[items.j + mid]) < old_mean) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    count = lo;
+  }
+  return count;
+}
+
 // Merges old centroids with sorted new values (see MergeCursor) and writes the compressed
 // centroids to out_means/out_weights. Returns their count. `total` is the weight of
 // everything (old + new). Sequential: one walk, the CPU kernel's.
@@ -186,6 +238,16 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
   double before = 0.0, bucket = 0.0;
   OpenCentroid open;
   while (!items.done()) {
+    if (n_out >= 0) {  // a run of new values that surely joins the open centroid joins it at once
+      const int64_t run = new_values_in_bucket(items, before, bucket_of.surely_below());
+      if (run > 1 && !is_infinite(static_cast<double>(values[items.j])) &&
+          !is_infinite(static_cast<double>(values[items.j + run - 1]))) {
+        open.add_sorted_finite(values + items.j, run);
+        items.j += run;
+        before += static_cast<double>(run);  // whole numbers: exact, as one by one
+        continue;
+      }
+    }
     double m, w;
     items.next(&m, &w);
     const double b = bucket_of(before, w);
