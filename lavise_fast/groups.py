@@ -45,8 +45,13 @@ def silhouette(x: torch.Tensor, labels: torch.Tensor, live: torch.Tensor | None 
         labels: [..., n] group labels, 0 or 1.
         live: [..., n] bool, the rows that count; None: all of them.
     """
+    return _silhouette_of_gram(x.double() @ x.double().transpose(-1, -2), labels, live)
+
+
+def _silhouette_of_gram(gram: torch.Tensor, labels: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    """:func:`silhouette` from the rows' Gram matrix ``gram`` [..., n, n] float64 (``x_i . x_j``)."""
     live = torch.ones_like(labels, dtype=torch.bool) if live is None else live
-    distance = (1.0 - x.double() @ x.double().transpose(-1, -2)).clamp_min(0.0)
+    distance = (1.0 - gram).clamp_min(0.0)
     pair = live[..., :, None] & live[..., None, :]
     same = (labels[..., :, None] == labels[..., None, :]) & pair
     other = (labels[..., :, None] != labels[..., None, :]) & pair
@@ -78,25 +83,35 @@ def split_in_two(embeddings: torch.Tensor, weights: torch.Tensor, centre: torch.
                                        min_share) for i in range(0, K, step)])
     live = weights > 0
     n = live.sum(1)
-    x = torch.nn.functional.normalize(embeddings.double() - centre.double(), dim=2) * live[..., None]
+    diff = embeddings.double() - centre.double()
+    raw = diff @ diff.transpose(1, 2)
+    del diff
+    norm = raw.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt().clamp_min(1e-12)  # as normalize: x / max(|x|, eps)
+    both = live[:, :, None] & live[:, None, :]
+    gram = torch.where(both, raw / (norm[:, :, None] * norm[:, None, :]), 0.0)  # [K, P, P]: x_i . x_j
     w = torch.where(live, weights.double(), 0.0)
     rows = torch.arange(K, device=embeddings.device)
     first = w.argmax(1)
-    similar = (x @ x[rows, first][:, :, None])[..., 0].masked_fill(~live, float("inf"))
+    similar = gram[rows, :, first].masked_fill(~live, float("inf"))
     second = similar.argmin(1)
-    centres = torch.stack([x[rows, first], x[rows, second]], 1)  # [K, 2, D]
+    # a centre is a combination of the images, sum_i coef[g, i] x_i (normalised when compared)
+    coef = torch.zeros(K, 2, P, dtype=torch.float64, device=embeddings.device)
+    coef[rows, 0, first] = 1.0
+    coef[rows, 1, second] = 1.0
     labels = torch.zeros(K, P, dtype=torch.long, device=embeddings.device)
     for step in range(_ITERATIONS):
-        new = (x @ centres.transpose(1, 2)).argmax(2)  # [K, P]
+        dots = coef @ gram  # [K, 2, P]: x_j . (sum_i coef[g, i] x_i)
+        norms = ((dots * coef).sum(2, keepdim=True).clamp_min(0.0).sqrt()).clamp_min(1e-12)
+        scaled = dots / norms
+        new = (scaled[:, 1] > scaled[:, 0]).long()  # [K, P]: the nearer centre, 0 on a tie
         if step and torch.equal(new, labels):
             break
         labels = new
         member = torch.stack([(labels == g) & live for g in range(2)], 1).double()  # [K, 2, P]
-        moved = torch.nn.functional.normalize((member * w[:, None]) @ x, dim=2)
-        centres = torch.where(member.sum(2, keepdim=True) > 0, moved, centres)
+        coef = torch.where(member.sum(2, keepdim=True) > 0, member * w[:, None], coef)
     sizes = torch.stack([((labels == g) & live).sum(1) for g in range(2)], 1)  # [K, 2]
     smallest = torch.clamp(torch.ceil(min_share * n.double() - 1e-9), min=3).long()
-    clear = (sizes.min(1).values >= smallest) & (silhouette(x, labels, live) >= min_silhouette)
+    clear = (sizes.min(1).values >= smallest) & (_silhouette_of_gram(gram, labels, live) >= min_silhouette)
     heavier = torch.stack([(w * ((labels == g) & live)).sum(1) for g in range(2)], 1).argmax(1)  # [K]
     labels = torch.where(labels == heavier[:, None], 0, 1)
     labels = torch.where(clear[:, None], labels, 0)

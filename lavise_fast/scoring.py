@@ -177,9 +177,22 @@ def ranked_words(scores: torch.Tensor, num_words: int) -> list[list[tuple[int, f
         scores: [K, V] word scores (:func:`word_scores`); ``-inf`` / NaN: no score, left out.
         num_words: how many words to keep per filter (at most V).
     """
-    V = scores.shape[1]
+    K, V = scores.shape
     n = min(num_words, V)
-    order = torch.sort(scores, dim=1, descending=True, stable=True)  # stable: equal scores keep index order
-    values, indices = order.values[:, :n].cpu(), order.indices[:, :n].cpu()
+    values = torch.empty(K, n, dtype=scores.dtype, device=scores.device)
+    indices = torch.empty(K, n, dtype=torch.int64, device=scores.device)
+    if K and n:
+        # Rows whose n best scores are exactly the scores >= the n-th best (no tie across it, no NaN)
+        # sort just those n; the others the whole row. Stable: equal scores keep index order.
+        chosen = scores >= scores.topk(n, dim=1).values[:, -1:]
+        clean = (chosen.sum(1) == n) & ~scores.isnan().any(1)
+        if clean.any():
+            candidates = chosen[clean].nonzero()[:, 1].view(-1, n)  # in index order
+            order = torch.sort(scores[clean].gather(1, candidates), dim=1, descending=True, stable=True)
+            values[clean], indices[clean] = order.values, candidates.gather(1, order.indices)
+        if not clean.all():
+            order = torch.sort(scores[~clean], dim=1, descending=True, stable=True)
+            values[~clean], indices[~clean] = order.values[:, :n], order.indices[:, :n]
+    values, indices = values.cpu(), indices.cpu()
     return [[(w, v) for w, v in zip(idx, val, strict=True) if math.isfinite(v)]
             for idx, val in zip(indices.tolist(), values.tolist(), strict=True)]

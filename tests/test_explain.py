@@ -340,3 +340,24 @@ def test_scores_in_chunks_of_filters_equal_one_chunk(monkeypatch, scoring):
     torch.testing.assert_close(chunked, one, rtol=1e-12, atol=1e-12)
     if scoring == "pmi":
         torch.testing.assert_close(base.pmi, base_one.pmi, rtol=1e-12, atol=1e-15)
+
+
+def test_ranked_words_equal_a_naive_stable_ranking():
+    # ranked_words sorts only the n best scores of rows without a tie across the n-th (or NaN) and
+    # whole rows otherwise: both must give the naive ranking, best first, ties to the smaller index.
+    g = torch.Generator().manual_seed(11)
+    for trial in range(200):
+        K, V = int(torch.randint(0, 7, (), generator=g)), int(torch.randint(1, 25, (), generator=g))
+        scores = torch.randint(-3, 4, (K, V), generator=g).double()  # many ties
+        scores[torch.rand(K, V, generator=g) < 0.1] = -math.inf
+        if trial % 3 == 0:
+            scores[torch.rand(K, V, generator=g) < 0.05] = math.nan
+        if trial % 2:
+            scores = scores + torch.rand(K, V, generator=g) * 1e-3  # few ties
+        for n in (1, 3, 40):
+            # torch ranks NaN above every number; ranked_words then leaves it (and -inf) out
+            naive = [sorted(range(V), key=lambda w, row=row: (not math.isnan(row[w]), -row[w] if not math.isnan(row[w])
+                                                                else 0.0, w))[:n] for row in scores.tolist()]
+            expected = [[(w, row[w]) for w in ws if math.isfinite(row[w])]
+                        for ws, row in zip(naive, scores.tolist(), strict=True)]
+            assert scoring_module.ranked_words(scores, n) == expected, (trial, n)
