@@ -8,3 +8,11 @@
 #else
 #define LAVISE_CPU_CLONES
 #endif
+
+namespace lavise_fast {
+
+// Eight floats in one vector (GCC/Clang vector extension: AVX in the avx2 clone, two SSE
+// registers in the default one).
+typedef float float8 __attribute__((vector_size(32)));
+
+}  // namespace lavise_fast

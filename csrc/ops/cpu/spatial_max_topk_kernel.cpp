@@ -14,10 +14,6 @@
 namespace lavise_fast {
 namespace {
 
-// Eight floats in one vector (GCC/Clang vector extension: AVX in the avx2 clone, two SSE
-// registers in the default one). `a > b ? a : b` keeps b when a is NaN: a vector max.
-typedef float float8 __attribute__((vector_size(32)));
-
 // Max of n values ignoring NaN; NaN when all are NaN. Four vector accumulators of eight
 // lanes, so that the loads, not the max latency, set the pace; the last n % 8 values are
 // read as the last eight (the overlap does not change a max), and the lanes are reduced

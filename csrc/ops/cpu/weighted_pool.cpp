@@ -28,10 +28,6 @@ constexpr int64_t kRowsPerProduct = 16;  // the fewest rows an image, on average
 constexpr int kBlockRows = 8;  // rows of one image pooled together by the plain loop
 constexpr int64_t kBlockChannels = 64;  // channels of one work item of the plain loop
 
-// Eight floats in one vector (GCC/Clang vector extension: AVX in the avx2 clone, two SSE registers
-// in the default one).
-typedef float float8 __attribute__((vector_size(32)));
-
 // out[j][c] = sum_p image[c * HW + p] * w[j][p] for j < K and c in [c0, c1), in IEEE arithmetic (NaN
 // and inf * 0 = NaN kept): each channel's row is read once for all K rows, its products summed in
 // eight lanes, then the lanes and the HW % 8 last positions.
@@ -55,7 +51,8 @@ inline __attribute__((always_inline)) void pool_block_k(const float* image, int6
       }
     }
     for (int j = 0; j < K; ++j) {
-      float sum = ((acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3])) + ((acc[j][4] + acc[j][5]) + (acc[j][6] + acc[j][7]));
+      const float8 a = acc[j];
+      float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
       for (int64_t p = 8 * vectors; p < HW; ++p) {
         sum += x[p] * w[j][p];
       }
