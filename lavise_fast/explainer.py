@@ -134,6 +134,28 @@ class Explainer(nn.Module):
             z = F.normalize(z, dim=1)
         return self.head(z)
 
+    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [C, C], b [C]) such that, in eval mode, the head's first BatchNorm1d, Dropout and Linear
+        map x [M, C] to ``x @ W.T + b``. That map is linear up to ``b``, so it commutes with pooling:
+        ``W mean_hw(A * w) = mean_hw((W A) * w)`` for a map A [C, h, w] and weights w [h, w]."""
+        if self.training:
+            raise InputError("first_layer() is the head in eval mode: call explainer.eval() first")
+        norm, linear = self.head[0], self.head[2]
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale + (norm.bias if norm.bias is not None else 0.0)
+        return (linear.weight * scale).detach(), (linear.weight @ shift + linear.bias).detach()
+
+    def after_first_layer(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of the head (ReLU, BatchNorm1d, Dropout, Linear): the embeddings [M, D] of the first
+        layer's outputs (see :meth:`first_layer`; ``unit_input`` applies before it).
+
+        Args:
+            h: [M, C] outputs of the head's first layer.
+        """
+        return self.head[4:](F.relu(h.float()))
+
     def check_compatible(self, layer: str, channels: int, space: str | None = None) -> None:
         """Refuses a layer, channel count or word space other than the one it was trained for.
 

@@ -15,11 +15,16 @@ import torch
 
 from lavise_fast import ops
 from lavise_fast.allocator import TEMPORARY_BYTES
+from lavise_fast.explainer import Explainer
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
 __all__ = ["LayerSweep", "TopPairs", "default_stash_bytes"]
 
 CHUNK_BYTES = TEMPORARY_BYTES  # pooling weights, pooled vectors, head activations
+# A batch applies the head's first layer per image (C * C * h * w each) when it holds at least this many
+# entering pairs per position of those images (C * C each): per pair, pairs that leave again are never
+# scored, so the per-image form must win by a margin.
+FIRST_LAYER_PER_IMAGE = 2
 
 
 class TopPairs:
@@ -56,17 +61,21 @@ class TopPairs:
         self.dim: int | None = None
 
     def add(self, filt: torch.Tensor, images: torch.Tensor, weights: torch.Tensor, z: torch.Tensor,
-            tops: TopImages | None = None) -> None:
-        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C].
+            tops: TopImages | None = None, first_layer: bool = False) -> None:
+        """Stashes the pairs (filt[m], images[m]) [M] with weights [M] and pooled vectors z [M, C] (or,
+        with ``first_layer``, the head's first layer already applied to them: ``Explainer.first_layer``).
 
         Args:
             filt: [M] int64 the pairs' filters.
             images: [M] int64 their image indices.
-            weights: [M] their weights (the image's max activation of the filter).
+            weights: [M] their weights: the values they entered the top images with (the image's max
+                activation of the filter), which ``prune`` ranks them by.
             z: [M, C] their pooled vectors.
             tops: the layer's top images, to prune the stash with when it outgrows the budget; None: no pruning.
+            first_layer: z holds the outputs of the head's first layer (an :class:`Explainer` head only).
         """
-        self.stash_parts.append((filt, images, weights.float(), z.float()))
+        flags = torch.full((len(filt),), first_layer, dtype=torch.bool, device=filt.device)
+        self.stash_parts.append((filt, images, weights.float(), z.float(), flags))
         self.stash_rows += len(filt)
         if self.stash_rows > self.budget_rows:
             if tops is not None:
@@ -80,17 +89,22 @@ class TopPairs:
         return tuple(parts)
 
     def prune(self, tops: TopImages) -> None:
-        """Drops the stashed pairs that are no longer among their filter's top images.
+        """Drops the stashed pairs that are no longer among their filter's top images. A pair's weight is
+        its image's maximum, the value it entered with, so it is still there iff it ranks at or above
+        the filter's last top image (ties to the smaller index): one comparison a pair, not P.
 
         Args:
-            tops: the layer's current top images.
+            tops: the layer's current top images (P >= 1).
         """
         kept, rows = [], 0
         parts, self.stash_parts = self.stash_parts, []
+        last_value, last_image = tops.values[:, -1], tops.indices[:, -1]  # each filter's P-th image (-1: free slot)
         while parts:  # part by part, each old part let go once copied: the stash is never held twice
             part = parts.pop()
-            filt, images = part[0], part[1]
-            alive = (tops.indices[filt] == images[:, None]).any(1)
+            filt, images, weights = part[0], part[1], part[2]
+            value, image = last_value[filt], last_image[filt]
+            # in the top images iff it ranks at or above the P-th: a larger maximum, or the same and an index not larger
+            alive = (image < 0) | (weights > value) | ((weights == value) & (images <= image))
             n = int(alive.sum())
             if n == len(filt):
                 kept.append(part)
@@ -107,8 +121,8 @@ class TopPairs:
         parts, self.stash_parts, self.stash_rows = self.stash_parts, [], 0
         units, finite = [], []
         for part in parts:
-            for z in part[3].split(self.chunk_rows):
-                embedded = self.head(z).float()
+            for z, first in zip(part[3].split(self.chunk_rows), part[4].split(self.chunk_rows), strict=True):
+                embedded = self._embed(z, first)
                 ok = torch.isfinite(embedded).all(1)
                 units.append(torch.nn.functional.normalize(torch.where(ok[:, None], embedded, 0.0), dim=1))
                 finite.append(ok)
@@ -117,6 +131,18 @@ class TopPairs:
         finite = torch.cat(finite).tolist()
         self.non_finite += finite.count(False)
         self._add_table(torch.cat(units), filt.tolist(), images.tolist(), weights.tolist(), finite)
+
+    def _embed(self, z: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """The head's embeddings [R, D] float32 of stashed rows z [R, C]: pooled vectors, or where
+        ``first`` [R] is set, outputs of the head's first layer."""
+        if not first.any():
+            return self.head(z).float()
+        if first.all():
+            return self.head.after_first_layer(z).float()
+        out = torch.empty(len(z), self.head.dim, device=z.device)
+        out[~first] = self.head(z[~first]).float()
+        out[first] = self.head.after_first_layer(z[first]).float()
+        return out
 
     def _add_table(self, unit: torch.Tensor, filt: list[int], images: list[int], weights: list[float],
                    finite: list[bool]) -> None:
@@ -211,18 +237,19 @@ class TopPairs:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The scored pairs (filter [M], image [M], weight [M], embedding [M, D] with NaN rows where it
-        was not finite) and the stash (filter, image, weight, z [R, C]), on the CPU."""
+        was not finite) and the stash (filter, image, weight, z [R, C], first_layer [R]: z is the head's
+        first layer's output), on the CPU."""
         filt, images, tables, rows, weights = self._entries()
         embeddings = self._gather(tables, rows, torch.device("cpu"))
         stash = self._stash() if self.stash_parts else (torch.zeros(0, dtype=torch.int64),) * 2 + (
-            torch.zeros(0), torch.zeros(0, len(self.pairs)))
+            torch.zeros(0), torch.zeros(0, len(self.pairs)), torch.zeros(0, dtype=torch.bool))
         return {
             "filter": torch.tensor(filt, dtype=torch.int64),
             "image": torch.tensor(images, dtype=torch.int64),
             "weight": torch.tensor(weights, dtype=torch.float32),
             "embedding": embeddings,
             "stash_filter": stash[0].cpu(), "stash_image": stash[1].cpu(),
-            "stash_weight": stash[2].cpu(), "stash_z": stash[3].cpu(),
+            "stash_weight": stash[2].cpu(), "stash_z": stash[3].cpu(), "stash_first_layer": stash[4].cpu(),
             "non_finite": torch.tensor(self.non_finite),
         }
 
@@ -244,8 +271,10 @@ class TopPairs:
             self._add_table(embeddings.to(device), state["filter"].tolist(), state["image"].tolist(),
                             state["weight"].tolist(), finite)
         if len(state["stash_filter"]):
+            first = state.get("stash_first_layer")  # absent from older checkpoints: pooled vectors only
+            first = torch.zeros(len(state["stash_filter"]), dtype=torch.bool) if first is None else first
             self.stash_parts.append(tuple(state[f"stash_{key}"].to(device)
-                                          for key in ("filter", "image", "weight", "z")))
+                                          for key in ("filter", "image", "weight", "z")) + (first.to(device),))
             self.stash_rows += len(state["stash_filter"])
         self.non_finite += int(state["non_finite"])
 
@@ -298,6 +327,9 @@ class LayerSweep:
         self.wanted = torch.zeros(channels, dtype=torch.bool, device=device)
         self.wanted[chosen] = True
         self.device = device
+        self.first_layer = None  # (W, b) of a torch Explainer head: its first layer applied per image
+        if isinstance(head, Explainer) and not head.training and method in ("projection", "activation"):
+            self.first_layer = tuple(t.to(device) for t in head.first_layer())
 
     def update(self, features: torch.Tensor, base: int) -> None:
         """Adds a batch of features [N, C, h, w] whose images have the indices base, ..., base + N - 1.
@@ -318,15 +350,54 @@ class LayerSweep:
         by_image = image.argsort(stable=True)  # a chunk then pools few images, each read once
         filt, slot, image = filt[by_image], slot[by_image], image[by_image]
         step = min(pairs.chunk_rows, max(1, CHUNK_BYTES // (4 * math.prod(features.shape[2:]))))  # weights [step, hw]
+        mapped = self._first_layer_per_image(features, image - base, len(filt))
         for f, sl, im in zip(filt.split(step), slot.split(step), image.split(step), strict=True):
             rows = im - base  # pooled in chunks: memory stays within the budget
             if self.method == "original":
                 z = features[rows].float().mean((2, 3))
+            elif mapped is not None:
+                z = self._first_layer_outputs(features, mapped, rows, f)
             else:
                 z = ops.attention_pool(features, rows, f, mode=self.method, thresholds=self.given)
-            pairs.add(f, rows + base, tops.values[f, sl], z, tops)
+            pairs.add(f, rows + base, tops.values[f, sl], z, tops, first_layer=mapped is not None)
         if len(filt):
             pairs.forget(tops, filt.unique().tolist())
+
+    def _first_layer_per_image(self, features: torch.Tensor, rows: torch.Tensor, pairs: int
+                               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(W A_i for each image i with an entering pair [n, C, h, w], the place of each batch row
+        among them [N] (-1: none))`` when the head's first layer is cheaper per image than per pair:
+        it costs C * C * h * w an image against C * C a pair, so when the batch's ``pairs`` number at
+        least ``FIRST_LAYER_PER_IMAGE`` times its images' positions. Else None."""
+        if self.first_layer is None or not pairs:
+            return None
+        N, C, h, w = features.shape
+        images = rows.unique()
+        if pairs < FIRST_LAYER_PER_IMAGE * len(images) * h * w:
+            return None
+        weight = self.first_layer[0]
+        channels_last = features[images].float().permute(0, 2, 3, 1).reshape(-1, C)
+        mapped = (channels_last @ weight.T).view(len(images), h, w, C).permute(0, 3, 1, 2)
+        place = torch.full((N,), -1, dtype=torch.int64, device=features.device)
+        place[images] = torch.arange(len(images), device=features.device)
+        return mapped, place
+
+    def _first_layer_outputs(self, features: torch.Tensor, mapped: tuple[torch.Tensor, torch.Tensor],
+                             rows: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
+        """The head's first layer [M, C] of the pairs (rows, filt), from the maps W A of their images:
+        ``mean_hw((W A) * w) + b = W z + b``, with the weights w of ``ops.attention_pool`` (and, for a
+        ``unit_input`` head, divided by max(||z||, 1e-12) as ``F.normalize`` does)."""
+        a = features[rows, filt].float()  # [M, h, w]
+        if self.method == "projection":
+            norm = torch.linalg.vector_norm(a, dim=(1, 2), keepdim=True)
+            weights = torch.where(norm > 0, a / norm, torch.where(torch.isnan(norm), norm, 0.0))
+        else:
+            weights = (a > self.given[filt][:, None, None]).float()
+        out = ops.masked_pool(mapped[0], weights, mapped[1][rows])
+        if self.pairs.head.unit_input:
+            z = ops.attention_pool(features, rows, filt, mode=self.method, thresholds=self.given)
+            out /= torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(1e-12)
+        return out + self.first_layer[1]
 
     def settle(self) -> None:
         """Drops the stashed pairs that left the top images and scores the rest."""

@@ -4,6 +4,7 @@ sweep, or a damaged one, is refused with a clear error."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -149,3 +150,107 @@ def test_a_checkpoint_of_another_sweep_or_a_damaged_one_is_refused(world, tmp_pa
         run(world, setup.RandomImages(12), checkpoint=tmp_path / "file")
     with pytest.raises(ValueError, match=r"checkpoint_every must be a positive int, got 0"):
         run(world, setup.RandomImages(12), checkpoint=folder, checkpoint_every=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruning_the_stash_keeps_exactly_the_pairs_still_among_the_top_images(seed):
+    """TopPairs.prune compares each stashed pair with its filter's last top image; a naive
+    membership test of (filter, image) in the top images' indices must agree, with tied maxima
+    (integers from a small range, -0.0 among them), maxima of -inf, a last batch that leaves slots free, and
+    images entering and leaving over many batches."""
+    from lavise_fast.stats import TopImages
+    from lavise_fast.sweep_state import TopPairs
+
+    g = torch.Generator().manual_seed(seed)
+    C, P = 7, 5
+    tops, pairs = TopImages(C, P), TopPairs(C, head=None, budget_bytes=1 << 20)
+    base = 0
+    for n in (3, 4, 6, 2, 9, 1):  # fewer images than P at first: free slots
+        maps = torch.randint(-3, 4, (n, C, 2, 2), generator=g).float()
+        maps[maps == 0] = -0.0 if seed % 2 else 0.0
+        maps[0, n % C] = -math.inf  # a maximum of -inf enters while slots are free
+        tops.update(maps, base)
+        entered = (tops.indices >= base) & (tops.indices < base + n)
+        filt, slot = entered.nonzero(as_tuple=True)
+        pairs.add(filt, tops.indices[filt, slot], tops.values[filt, slot], torch.randn(len(filt), C, generator=g))
+        base += n
+        pairs.prune(tops)
+        kept = {(int(f), int(i)) for part in pairs.stash_parts for f, i in zip(part[0], part[1], strict=True)}
+        naive = {(k, int(i)) for k in range(C) for i in tops.indices[k] if i >= 0}
+        assert kept == naive
+        assert pairs.stash_rows == len(naive)
+
+
+def _random_head(channels: int, unit_input: bool, seed: int):
+    """An explainer whose BatchNorm layers hold random running statistics and affine weights (eval mode)."""
+    from lavise_fast.explainer import Explainer
+
+    torch.manual_seed(seed)
+    expl = Explainer(channels, setup.DIM, layer="block3", space="sweep-test", unit_input=unit_input)
+    for module in expl.head:
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    expl.trained = True
+    return expl.eval()
+
+
+@pytest.mark.parametrize("unit_input", [False, True])
+@pytest.mark.parametrize("method", ["projection", "activation"])
+def test_the_head_first_layer_per_image_gives_the_words_of_the_head_per_pair(world, monkeypatch, method,
+                                                                               unit_input):
+    """Applying the head's first layer to each image's map (W A) and pooling that gives the words and
+    scores of pooling first and applying the whole head to each pair (forced both ways here)."""
+    from lavise_fast import sweep_state
+
+    model, _, vocab = world
+    expl = _random_head(24, unit_input, seed=7)
+    kw = {"thresholds": torch.rand(24, generator=torch.Generator().manual_seed(3))} if method == "activation" else {}
+    results = []
+    for per_image in (0, math.inf):  # 0: every batch per image; inf: never
+        monkeypatch.setattr(sweep_state, "FIRST_LAYER_PER_IMAGE", per_image)
+        results.append(explain(model, setup.loader(setup.RandomImages(23)), expl, layer="block3", vocabulary=vocab,
+                               method=method, top_images=4, progress=False, **kw))
+    per_image, per_pair = results
+    assert per_image.top_images == per_pair.top_images
+    assert per_image.words == per_pair.words
+    for got, want in zip(per_image.scores, per_pair.scores, strict=True):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
+
+
+def test_a_stash_of_first_layer_outputs_and_pooled_vectors_scores_like_the_head_and_survives_a_state_round_trip():
+    """TopPairs scores stashed rows that hold the head's first layer (flagged) through the rest of the
+    head and the others through the whole head, also when both are mixed in one part (after a
+    state_dict / load_state_dict round trip) and when a state of older checkpoints has no flags."""
+    from lavise_fast.sweep_state import TopPairs
+
+    head = _random_head(24, unit_input=True, seed=11)
+    with pytest.raises(ValueError, match=r"first_layer\(\) is the head in eval mode: call explainer.eval\(\) first"):
+        head.train().first_layer()
+    weight, bias = head.eval().first_layer()
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(12, 24, generator=g)
+    filt, images = torch.arange(12) % 3, torch.arange(12)
+    expected = torch.nn.functional.normalize(head(z), dim=1)
+    pairs = TopPairs(24, head)
+    pairs.add(filt[:5], images[:5], torch.ones(5), z[:5])
+    pairs.add(filt[5:], images[5:], torch.ones(7), torch.nn.functional.normalize(z[5:], dim=1) @ weight.T + bias,
+              first_layer=True)
+    state = pairs.state_dict()
+    assert state["stash_first_layer"].tolist() == [False] * 5 + [True] * 7
+    again = TopPairs(24, head)
+    again.load_state_dict(state, torch.device("cpu"))
+    assert len(again.stash_parts) == 1  # one part, both kinds of rows
+    for scored in (pairs, again):
+        scored.score()
+        got, _ = scored.tensors([0, 1, 2], images.view(4, 3).T.contiguous(), setup.DIM, torch.device("cpu"))
+        torch.testing.assert_close(got, expected.view(4, 3, -1).transpose(0, 1), rtol=1e-5, atol=1e-6)
+    old = {key: value for key, value in state.items() if key != "stash_first_layer"}
+    old["stash_z"] = z
+    older = TopPairs(24, head)
+    older.load_state_dict(old, torch.device("cpu"))
+    older.score()
+    got, _ = older.tensors([0, 1, 2], images.view(4, 3).T.contiguous(), setup.DIM, torch.device("cpu"))
+    torch.testing.assert_close(got, expected.view(4, 3, -1).transpose(0, 1), rtol=1e-5, atol=1e-6)
