@@ -301,7 +301,9 @@ class LayerSweep:
     ``activation`` with given thresholds); the others are scored by a re-run of the top images.
     ``stash_bytes``: the memory of pooled vectors awaiting scoring (default
     :func:`default_stash_bytes`); a smaller stash is scored more often, pairs that later leave the
-    top images included.
+    top images included. With an :class:`Explainer` head, a batch with many more entering pairs than
+    positions stashes the head's first layer of its pairs instead, computed from ``W A`` per image
+    (``FIRST_LAYER_PER_IMAGE``).
 
     Args:
         name: the layer's dotted name.
