@@ -30,6 +30,19 @@ def tiny_model() -> nn.Module:
     ])).eval()
 
 
+def random_batch_norm(module: nn.Module) -> nn.Module:
+    """Gives every BatchNorm1d of ``module`` non-trivial running statistics and affine weights, as
+    training would (seeded by the caller's generator state). Returns the module."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return module
+
+
 def explainers() -> dict[str, Explainer]:
     torch.manual_seed(1)
     out = {}

@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import sweep_setup as setup
 import torch
 
 pytest.importorskip("onnx")
@@ -30,14 +31,7 @@ WORDS = [f"word{i}" for i in range(30)]
 def trained_explainer() -> Explainer:
     """An explainer with non-trivial weights and batch-norm statistics, marked as trained."""
     torch.manual_seed(3)
-    expl = Explainer(C, D, layer=LAYER, space="test", seen=WORDS[:20], unseen=WORDS[20:])
-    with torch.no_grad():
-        for m in expl.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
+    expl = setup.random_batch_norm(Explainer(C, D, layer=LAYER, space="test", seen=WORDS[:20], unseen=WORDS[20:]))
     expl.trained = True
     return expl.eval()
 

@@ -186,13 +186,8 @@ def _random_head(channels: int, unit_input: bool, seed: int):
     from lavise_fast.explainer import Explainer
 
     torch.manual_seed(seed)
-    expl = Explainer(channels, setup.DIM, layer="block3", space="sweep-test", unit_input=unit_input)
-    for module in expl.head:
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.normal_()
-            module.bias.data.normal_()
+    expl = setup.random_batch_norm(Explainer(channels, setup.DIM, layer="block3", space="sweep-test",
+                                             unit_input=unit_input))
     expl.trained = True
     return expl.eval()
 
