@@ -238,7 +238,11 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
   double before = 0.0, bucket = 0.0;
   OpenCentroid open;
   while (!items.done()) {
-    if (n_out >= 0) {  // a run of new values that surely joins the open centroid joins it at once
+    // A run of new values that surely joins the open centroid joins it at once (none when an
+    // old centroid comes next: asking would only find that).
+    const bool old_next =
+        items.i < n_old && (items.j >= n_new || old_means[items.i] <= static_cast<double>(values[items.j]));
+    if (n_out >= 0 && !old_next) {
       const int64_t run = new_values_in_bucket(items, before, bucket_of.surely_below());
       if (run > 1 && !is_infinite(static_cast<double>(values[items.j])) &&
           !is_infinite(static_cast<double>(values[items.j + run - 1]))) {
