@@ -154,9 +154,14 @@ struct MergeCursor {
     return i >= n_old && j >= n_new;
   }
 
+  // Whether the next item is an old centroid (old first on ties).
+  LAVISE_HOST_DEVICE bool old_comes_next() const {
+    return i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]));
+  }
+
   // The next item's mean and weight; the cursor moves past it.
   LAVISE_HOST_DEVICE void next(double* mean, double* weight) {
-    if (i < n_old && (j >= n_new || old_means[i] <= static_cast<double>(values[j]))) {
+    if (old_comes_next()) {
       *mean = old_means[i];
       *weight = old_weights[i];
       ++i;
@@ -240,9 +245,7 @@ LAVISE_HOST_DEVICE int64_t sketch_merge_compress(
   while (!items.done()) {
     // A run of new values that surely joins the open centroid joins it at once (none when an
     // old centroid comes next: asking would only find that).
-    const bool old_next =
-        items.i < n_old && (items.j >= n_new || old_means[items.i] <= static_cast<double>(values[items.j]));
-    if (n_out >= 0 && !old_next) {
+    if (n_out >= 0 && !items.old_comes_next()) {
       const int64_t run = new_values_in_bucket(items, before, bucket_of.surely_below());
       if (run > 1 && !is_infinite(static_cast<double>(values[items.j])) &&
           !is_infinite(static_cast<double>(values[items.j + run - 1]))) {
