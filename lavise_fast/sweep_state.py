@@ -16,6 +16,7 @@ import torch
 from lavise_fast import ops
 from lavise_fast.allocator import TEMPORARY_BYTES
 from lavise_fast.explainer import Explainer
+from lavise_fast.stash import PairStash
 from lavise_fast.stats import ChannelQuantiles, TopImages
 
 __all__ = ["LayerSweep", "TopPairs", "default_stash_bytes"]
@@ -55,8 +56,7 @@ class TopPairs:
         self.budget_rows = max(1, budget_bytes // (4 * channels))
         # pairs pooled or scored at once
         self.chunk_rows = max(1, min(budget_bytes // 4, CHUNK_BYTES) // (4 * channels))
-        self.stash_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.stash_rows = 0
+        self.stash = PairStash(channels, block_rows=self.chunk_rows)
         self.non_finite = 0
         self.dim: int | None = None
 
@@ -74,19 +74,12 @@ class TopPairs:
             tops: the layer's top images, to prune the stash with when it outgrows the budget; None: no pruning.
             first_layer: z holds the outputs of the head's first layer (an :class:`Explainer` head only).
         """
-        flags = torch.full((len(filt),), first_layer, dtype=torch.bool, device=filt.device)
-        self.stash_parts.append((filt, images, weights.float(), z.float(), flags))
-        self.stash_rows += len(filt)
-        if self.stash_rows > self.budget_rows:
+        self.stash.add(filt, images, weights, z, first_layer)
+        if self.stash.rows > self.budget_rows:
             if tops is not None:
                 self.prune(tops)
-            if self.stash_rows > self.budget_rows:
+            if self.stash.rows > self.budget_rows:
                 self.score()
-
-    def _stash(self) -> tuple[torch.Tensor, ...]:
-        parts = [torch.cat(column) for column in zip(*self.stash_parts, strict=True)]
-        self.stash_parts = [tuple(parts)] if len(parts[0]) else []
-        return tuple(parts)
 
     def prune(self, tops: TopImages) -> None:
         """Drops the stashed pairs that are no longer among their filter's top images. A pair's weight is
@@ -96,38 +89,27 @@ class TopPairs:
         Args:
             tops: the layer's current top images (P >= 1).
         """
-        kept, rows = [], 0
-        parts, self.stash_parts = self.stash_parts, []
-        last_value, last_image = tops.values[:, -1], tops.indices[:, -1]  # each filter's P-th image (-1: free slot)
-        while parts:  # part by part, each old part let go once copied: the stash is never held twice
-            part = parts.pop()
-            filt, images, weights = part[0], part[1], part[2]
-            value, image = last_value[filt], last_image[filt]
-            # in the top images iff it ranks at or above the P-th: a larger maximum, or the same and an index not larger
-            alive = (image < 0) | (weights > value) | ((weights == value) & (images <= image))
-            n = int(alive.sum())
-            if n == len(filt):
-                kept.append(part)
-            elif n:
-                kept.append(tuple(column[alive] for column in part))
-            rows += n
-            del part
-        self.stash_parts, self.stash_rows = kept[::-1], rows
+        slots = self.stash.slots(ordered=False)
+        filt, images, weights = self.stash.keys(slots)
+        value, image = tops.values[filt, -1], tops.indices[filt, -1]  # each filter's P-th image (-1: free slot)
+        # in the top images iff it ranks at or above the P-th: a larger maximum, or the same and an index not larger
+        alive = (image < 0) | (weights > value) | ((weights == value) & (images <= image))
+        self.stash.drop(slots[~alive])  # the slots are freed: no pooled vector moves
 
     def score(self) -> None:
         """Sends the stash through the head, ``chunk_rows`` pairs at a time, and keeps each pair's unit embedding."""
-        if not self.stash_parts:
+        if not self.stash.rows:
             return
-        parts, self.stash_parts, self.stash_rows = self.stash_parts, [], 0
-        units, finite = [], []
-        for part in parts:
-            for z, first in zip(part[3].split(self.chunk_rows), part[4].split(self.chunk_rows), strict=True):
-                embedded = self._embed(z, first)
-                ok = torch.isfinite(embedded).all(1)
-                units.append(torch.nn.functional.normalize(torch.where(ok[:, None], embedded, 0.0), dim=1))
-                finite.append(ok)
+        scored, units, finite = [], [], []
+        for slots, z, first in self.stash.by_block():  # chunk_rows rows at most, a full block not copied
+            embedded = self._embed(z, first)
+            ok = torch.isfinite(embedded).all(1)
+            units.append(torch.nn.functional.normalize(torch.where(ok[:, None], embedded, 0.0), dim=1))
+            finite.append(ok)
+            scored.append(slots)
         self.dim = units[0].shape[1]
-        filt, images, weights = (torch.cat([part[i] for part in parts]) for i in range(3))
+        filt, images, weights = self.stash.keys(torch.cat(scored))
+        self.stash.clear()
         finite = torch.cat(finite).tolist()
         self.non_finite += finite.count(False)
         self._add_table(torch.cat(units), filt.tolist(), images.tolist(), weights.tolist(), finite)
@@ -241,8 +223,8 @@ class TopPairs:
         first layer's output), on the CPU."""
         filt, images, tables, rows, weights = self._entries()
         embeddings = self._gather(tables, rows, torch.device("cpu"))
-        stash = self._stash() if self.stash_parts else (torch.zeros(0, dtype=torch.int64),) * 2 + (
-            torch.zeros(0), torch.zeros(0, len(self.pairs)), torch.zeros(0, dtype=torch.bool))
+        slots = self.stash.slots()
+        stash = self.stash.keys(slots) + self.stash.vectors(slots)
         return {
             "filter": torch.tensor(filt, dtype=torch.int64),
             "image": torch.tensor(images, dtype=torch.int64),
@@ -263,7 +245,7 @@ class TopPairs:
         """
         if not merge:
             self.pairs, self.tables, self.table_weights, self.table_finite = [{} for _ in self.pairs], [], [], []
-            self.stash_parts, self.stash_rows, self.non_finite = [], 0, 0
+            self.stash, self.non_finite = PairStash(len(self.pairs), self.stash.block_rows), 0
         embeddings = state["embedding"]
         if embeddings.shape[0]:
             self.dim = embeddings.shape[1]
@@ -273,9 +255,8 @@ class TopPairs:
         if len(state["stash_filter"]):
             first = state.get("stash_first_layer")  # absent from older checkpoints: pooled vectors only
             first = torch.zeros(len(state["stash_filter"]), dtype=torch.bool) if first is None else first
-            self.stash_parts.append(tuple(state[f"stash_{key}"].to(device)
-                                          for key in ("filter", "image", "weight", "z")) + (first.to(device),))
-            self.stash_rows += len(state["stash_filter"])
+            self.stash.add(*(state[f"stash_{key}"].to(device) for key in ("filter", "image", "weight", "z")),
+                           first.to(device))
         self.non_finite += int(state["non_finite"])
 
 

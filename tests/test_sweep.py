@@ -153,6 +153,59 @@ def test_a_checkpoint_of_another_sweep_or_a_damaged_one_is_refused(world, tmp_pa
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_the_pair_stash_gives_back_what_a_list_of_rows_would(device, seed):
+    """PairStash keeps rows in slots of blocks: random adds (some first_layer, some adding blocks),
+    drops and clears must give back the rows a plain list would hold, in the order they were added,
+    each with its own filter, image, weight, vector and flag; block by block, every row once."""
+    from lavise_fast.stash import PairStash
+
+    g = torch.Generator().manual_seed(seed)
+    C = 5
+    stash, naive, serial = PairStash(C, block_rows=1 + seed * 3), [], 0  # blocks of 1, 4, 7, 10 slots
+    for step in range(40):
+        action = int(torch.randint(0, 10, (), generator=g))
+        if action < 6:  # add M rows (M = 0 too)
+            M = int(torch.randint(0, 9, (), generator=g))
+            z = torch.randn(M, C, generator=g)
+            first = torch.rand(M, generator=g) < 0.5 if action == 5 else bool(step % 2)
+            filt, images = torch.randint(0, 3, (M,), generator=g), torch.arange(serial, serial + M)
+            weights = torch.randn(M, generator=g).double()  # stored as float32
+            stash.add(filt.to(device), images.to(device), weights.to(device), z.to(device),
+                      first.to(device) if isinstance(first, torch.Tensor) else first)
+            flags = first.tolist() if isinstance(first, torch.Tensor) else [first] * M
+            naive += [(int(filt[r]), int(images[r]), float(weights[r].float()), z[r], flags[r]) for r in range(M)]
+            serial += M
+        elif action < 9 and naive:  # drop a random subset
+            slots = stash.slots()
+            gone = torch.rand(len(slots), generator=g) < 0.4
+            stash.drop(slots[gone.to(device)])
+            naive = [row for row, out in zip(naive, gone.tolist(), strict=True) if not out]
+        elif action == 9:
+            stash.clear()
+            naive = []
+        slots = stash.slots()
+        assert stash.rows == len(slots) == len(naive)
+        filt, images, weights = (t.cpu() for t in stash.keys(slots))
+        z, first = (t.cpu() for t in stash.vectors(slots))
+        assert filt.tolist() == [row[0] for row in naive]
+        assert images.tolist() == [row[1] for row in naive]
+        assert weights.tolist() == [row[2] for row in naive]
+        assert first.tolist() == [row[4] for row in naive]
+        assert z.shape == (len(naive), C) and z.dtype == torch.float32
+        if naive:
+            assert torch.equal(z, torch.stack([row[3] for row in naive]))
+        assert sorted(stash.slots(ordered=False).tolist()) == sorted(slots.tolist())
+        blocks = list(stash.by_block())  # what score reads: every row once, whole blocks as they are
+        assert bool(blocks) == bool(naive)
+        if blocks:
+            in_blocks = torch.cat([b[0] for b in blocks])
+            assert in_blocks.tolist() == sorted(slots.tolist())
+            z, first = stash.vectors(in_blocks)
+            assert torch.equal(torch.cat([b[1] for b in blocks]), z)
+            assert torch.equal(torch.cat([b[2] for b in blocks]), first)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_pruning_the_stash_keeps_exactly_the_pairs_still_among_the_top_images(seed):
     """TopPairs.prune compares each stashed pair with its filter's last top image; a naive
     membership test of (filter, image) in the top images' indices must agree, with tied maxima
@@ -175,10 +228,11 @@ def test_pruning_the_stash_keeps_exactly_the_pairs_still_among_the_top_images(se
         pairs.add(filt, tops.indices[filt, slot], tops.values[filt, slot], torch.randn(len(filt), C, generator=g))
         base += n
         pairs.prune(tops)
-        kept = {(int(f), int(i)) for part in pairs.stash_parts for f, i in zip(part[0], part[1], strict=True)}
+        filt, images, _ = pairs.stash.keys(pairs.stash.slots())
+        kept = {(int(f), int(i)) for f, i in zip(filt, images, strict=True)}
         naive = {(k, int(i)) for k in range(C) for i in tops.indices[k] if i >= 0}
         assert kept == naive
-        assert pairs.stash_rows == len(naive)
+        assert pairs.stash.rows == len(naive)
 
 
 def _random_head(channels: int, unit_input: bool, seed: int):
@@ -237,7 +291,7 @@ def test_a_stash_of_first_layer_outputs_and_pooled_vectors_scores_like_the_head_
     assert state["stash_first_layer"].tolist() == [False] * 5 + [True] * 7
     again = TopPairs(24, head)
     again.load_state_dict(state, torch.device("cpu"))
-    assert len(again.stash_parts) == 1  # one part, both kinds of rows
+    assert again.stash.vectors(again.stash.slots())[1].tolist() == [False] * 5 + [True] * 7  # both kinds, in order
     for scored in (pairs, again):
         scored.score()
         got, _ = scored.tensors([0, 1, 2], images.view(4, 3).T.contiguous(), setup.DIM, torch.device("cpu"))
