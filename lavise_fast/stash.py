@@ -111,17 +111,22 @@ class PairStash:
             z[mine] = self._blocks[b][slots[mine] % self.block_rows]
         return z, self._first[slots]
 
-    def by_block(self):
-        """Yields, block by block, (slots [r] int64, z [r, C], first_layer [r]) of the rows the block
-        holds, in slot order: z is the block itself when every slot of it holds a row (no copy)."""
+    def drain(self):
+        """Yields, block by block, ((filters, images, weights), z [r, C], first_layer [r]) of the rows the
+        block holds, in slot order, z being the block itself when every slot of it holds a row (no
+        copy); each block is let go once the next is asked for, and the stash is empty afterwards
+        (also when the reader stops early)."""
         B = self.block_rows
-        for b, block in enumerate(self._blocks):
-            used = self._used[b * B:(b + 1) * B]
-            held = used.nonzero().flatten()
-            if not len(held):
-                continue
-            slots = held + b * B
-            yield slots, (block if len(held) == B else block[held]), self._first[slots]
+        try:
+            for b, block in enumerate(self._blocks):
+                held = self._used[b * B:(b + 1) * B].nonzero().flatten()
+                if len(held):
+                    slots = held + b * B
+                    yield self.keys(slots), (block if len(held) == B else block[held]), self._first[slots]
+                self._blocks[b] = None  # read: its memory goes before the next block's head work
+                del block
+        finally:
+            self.clear()
 
     def drop(self, slots: torch.Tensor) -> None:
         """Frees ``slots``, dropping their rows.

@@ -100,16 +100,16 @@ class TopPairs:
         """Sends the stash through the head, ``chunk_rows`` pairs at a time, and keeps each pair's unit embedding."""
         if not self.stash.rows:
             return
-        scored, units, finite = [], [], []
-        for slots, z, first in self.stash.by_block():  # chunk_rows rows at most, a full block not copied
+        keys, units, finite = [], [], []
+        for key, z, first in self.stash.drain():  # chunk_rows rows at most, a full block not copied
             embedded = self._embed(z, first)
+            del z  # with the stash's reference gone, the block is let go
             ok = torch.isfinite(embedded).all(1)
             units.append(torch.nn.functional.normalize(torch.where(ok[:, None], embedded, 0.0), dim=1))
             finite.append(ok)
-            scored.append(slots)
+            keys.append(key)
         self.dim = units[0].shape[1]
-        filt, images, weights = self.stash.keys(torch.cat(scored))
-        self.stash.clear()
+        filt, images, weights = (torch.cat(column) for column in zip(*keys, strict=True))
         finite = torch.cat(finite).tolist()
         self.non_finite += finite.count(False)
         self._add_table(torch.cat(units), filt.tolist(), images.tolist(), weights.tolist(), finite)
