@@ -5,7 +5,9 @@ vector z [C] (or the head's first layer's output, flagged) until it is scored or
 images again. The rows live in slots: dropping a row frees its slot, so pruning the stash never
 copies the pooled vectors (ResNet-50 ``layer4`` keeps about 400 MB of them). New rows fill the
 lowest free slots. The vectors are kept in blocks of ``block_rows`` slots, and a block is added
-only when every slot is taken, so the stash grows without copying what it holds.
+only when every slot is taken, so the stash grows without copying what it holds; when dropping
+rows leaves them fitting in half of the blocks or fewer, they move into the first blocks and the
+others are let go.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class PairStash:
         self._first = torch.empty(0, dtype=torch.bool)
         self._used = torch.empty(0, dtype=torch.bool)
 
+    @property
+    def capacity(self) -> int:
+        """The slots the blocks hold (rows <= capacity)."""
+        return len(self._blocks) * self.block_rows
+
     def _add_blocks(self, count: int, device: torch.device) -> None:
         """Adds ``count`` blocks on ``device`` (the small columns move there too)."""
         B = self.block_rows
@@ -66,12 +73,8 @@ class PairStash:
         if len(free) < M or self._used.device != z.device:
             self._add_blocks(-(-(M - len(free)) // self.block_rows) if len(free) < M else 0, z.device)
             free = (~self._used).nonzero().flatten()
-        slots = free[:M]  # ascending: the rows of one block are neighbours
-        block, row = slots // self.block_rows, slots % self.block_rows
-        ids, counts = torch.unique_consecutive(block, return_counts=True)
-        for b, rows, vectors in zip(ids.tolist(), row.split(counts.tolist()), z.float().split(counts.tolist()),
-                                    strict=True):
-            self._blocks[b].index_copy_(0, rows, vectors)
+        slots = free[:M]
+        self._write(slots, z.float())
         dev = self._used.device
         order = torch.arange(self._added, self._added + M, device=dev)
         self._keys[slots] = torch.stack([filt.to(dev, torch.int64), images.to(dev, torch.int64), order], 1)
@@ -80,6 +83,13 @@ class PairStash:
         self._used[slots] = True
         self._added += M
         self.rows += M
+
+    def _write(self, slots: torch.Tensor, z: torch.Tensor) -> None:
+        """Writes z [M, C] float32 into the ascending ``slots`` [M] (the rows of one block are neighbours)."""
+        block, row = slots // self.block_rows, slots % self.block_rows
+        ids, counts = torch.unique_consecutive(block, return_counts=True)
+        for b, rows, vectors in zip(ids.tolist(), row.split(counts.tolist()), z.split(counts.tolist()), strict=True):
+            self._blocks[b].index_copy_(0, rows, vectors)
 
     def slots(self, ordered: bool = True) -> torch.Tensor:
         """The slots that hold rows [R] int64.
@@ -129,10 +139,33 @@ class PairStash:
             self.clear()
 
     def drop(self, slots: torch.Tensor) -> None:
-        """Frees ``slots``, dropping their rows.
+        """Frees ``slots``, dropping their rows (and blocks no longer needed: see the module's note).
 
         Args:
             slots: [R] int64 distinct slots that hold rows.
         """
         self._used[slots] = False
         self.rows -= len(slots)
+        if len(self._blocks) > 1 and 2 * -(-self.rows // self.block_rows) <= len(self._blocks):
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """Moves the rows of the blocks beyond the first ceil(rows / block_rows) into free slots of
+        those, one block at a time, and lets those blocks go: pruning once gives back the memory of
+        what it dropped."""
+        B = self.block_rows
+        cut = -(-self.rows // B) * B
+        free = (~self._used[:cut]).nonzero().flatten()
+        taken = 0
+        for b in range(cut // B, len(self._blocks)):
+            held = self._used[b * B:(b + 1) * B].nonzero().flatten()
+            to, moving = free[taken:taken + len(held)], held + b * B
+            self._write(to, self._blocks[b][held])
+            for column in (self._keys, self._weight, self._first):
+                column[to] = column[moving]
+            self._used[to] = True
+            taken += len(held)
+            self._blocks[b] = None
+        self._blocks = self._blocks[:cut // B]
+        self._keys, self._weight, self._first, self._used = (
+            column[:cut].clone() for column in (self._keys, self._weight, self._first, self._used))

@@ -155,8 +155,9 @@ def test_a_checkpoint_of_another_sweep_or_a_damaged_one_is_refused(world, tmp_pa
 @pytest.mark.parametrize("seed", range(4))
 def test_the_pair_stash_gives_back_what_a_list_of_rows_would(device, seed):
     """PairStash keeps rows in slots of blocks: random adds (some first_layer, some adding blocks),
-    drops and clears must give back the rows a plain list would hold, in the order they were added,
-    each with its own filter, image, weight, vector and flag; drained block by block, every row once."""
+    drops (letting blocks go when the rest fits in half of them) and clears must give back the rows
+    a plain list would hold, in the order they were added, each with its own filter, image, weight,
+    vector and flag; drained block by block, every row once."""
     from lavise_fast.stash import PairStash
 
     g = torch.Generator().manual_seed(seed)
@@ -180,6 +181,8 @@ def test_the_pair_stash_gives_back_what_a_list_of_rows_would(device, seed):
             gone = torch.rand(len(slots), generator=g) < 0.4
             stash.drop(slots[gone.to(device)])
             naive = [row for row, out in zip(naive, gone.tolist(), strict=True) if not out]
+            B = stash.block_rows  # the rows moved into the first blocks when they fit in half of them
+            assert stash.capacity <= max(1, 2 * -(-len(naive) // B) - 1) * B
         elif action == 9:
             stash.clear()
             naive = []
