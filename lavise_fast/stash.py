@@ -134,7 +134,6 @@ class PairStash:
                     slots = held + b * B
                     yield self.keys(slots), (block if len(held) == B else block[held]), self._first[slots]
                 self._blocks[b] = None  # read: its memory goes before the next block's head work
-                del block
         finally:
             self.clear()
 
