@@ -12,5 +12,6 @@ TORCH_LIBRARY(lavise_fast, m) {
   m.def("upsample_iou(Tensor activations, Tensor thresholds, Tensor masks, Tensor rows) -> (Tensor, Tensor)");
   m.def("cosine_topk(Tensor queries, Tensor keys, int k) -> (Tensor, Tensor)");
   m.def(
-      "quantile_sketch_update(Tensor features, Tensor(a!) means, Tensor(b!) weights, Tensor(c!) summary) -> ()");
+      "quantile_sketch_update(Tensor features, Tensor(a!) means, Tensor(b!) weights, Tensor(c!) summary, "
+      "float floor_rank=0.) -> ()");
 }

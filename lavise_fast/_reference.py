@@ -104,12 +104,15 @@ def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torc
 
 
 def quantile_sketch_update(
-    features: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor
+    features: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor, floor_rank: float = 0.0
 ) -> None:
     """Adds every position of features [N, C, H, W] to the per-channel sketch (means/weights
-    [C, capacity] float64, summary [C, 4] = count, nan_count, min, max), in place."""
-    C = features.shape[1]
+    [C, capacity] float64, summary [C, 4] = count, nan_count, min, max), in place. With a
+    floor (the CPU kernel's, see ``ops.quantile_sketch_update``) the numbers below it enter as
+    128 bins of (count, mean), merged after the old centroids and before the values."""
+    C, capacity = features.shape[1], means.shape[1]
     x = features.float().transpose(0, 1).reshape(C, -1).double()
+    floor, lo = _sketch_floor(means, weights, summary, x.shape[1], floor_rank)
     nan = x.isnan()
     summary[:, 1] += nan.sum(1).double()
     valid = ~nan
@@ -118,12 +121,48 @@ def quantile_sketch_update(
         summary[:, 2] = torch.minimum(summary[:, 2], x.masked_fill(nan, math.inf).amin(1))
         summary[:, 3] = torch.maximum(summary[:, 3], x.masked_fill(nan, -math.inf).amax(1))
     summary[:, 0] += n_valid
+    bin_m, bin_w, alone = _floor_bins(x, valid, floor, lo)
     m, w = compress_sketch(
-        torch.cat([means, x.masked_fill(nan, 0.0)], 1),
-        torch.cat([weights, valid.double()], 1),
+        torch.cat([means, bin_m, x.masked_fill(~alone, 0.0)], 1),
+        torch.cat([weights, bin_w, alone.double()], 1),
         summary[:, 0],
-        means.shape[1],
+        capacity,
     )
     changed = (n_valid > 0)[:, None]  # a channel with no new value keeps its centroids as they were
     means.copy_(torch.where(changed, m, means))
     weights.copy_(torch.where(changed, w, weights))
+
+
+_FLOOR_BINS, _FLOOR_MIN_COUNT, _FLOOR_MIN_BATCH = 128, 16384, 4096
+
+
+def _floor_bins(x: torch.Tensor, valid: torch.Tensor, floor: torch.Tensor, lo: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bin means [C, B], bin weights [C, B], which values enter alone [C, n]) for values x [C, n]
+    (valid: not NaN) under the floors [C] (-inf: none) over [lo, floor) in B equal-width bins."""
+    C = x.shape[0]
+    if not (floor > -math.inf).any():  # no floor: every number enters alone
+        return x.new_zeros(C, 0), x.new_zeros(C, 0), valid
+    binned = (x < floor[:, None]) & (x > -math.inf)
+    scale = _FLOOR_BINS / torch.where(floor > lo, floor - lo, torch.ones_like(floor))
+    b = ((x - lo[:, None]) * scale[:, None]).masked_fill(~binned, 0.0)
+    b = torch.where(b < 1.0, 0.0, torch.where(b >= _FLOOR_BINS - 1, _FLOOR_BINS - 1.0, b)).long()
+    bin_w = torch.zeros(C, _FLOOR_BINS, dtype=torch.float64).scatter_add_(1, b, binned.double())
+    bin_s = torch.zeros(C, _FLOOR_BINS, dtype=torch.float64).scatter_add_(1, b, x.masked_fill(~binned, 0.0))
+    return torch.where(bin_w > 0, bin_s / bin_w.clamp_min(1.0), 0.0), bin_w, valid & ~binned
+
+
+def _sketch_floor(means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor, n_batch: int,
+                  floor_rank: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(floor [C] (-inf: none), the old min [C]): the mean of the first centroid whose weight
+    before it is >= floor_rank * count, where the sketch and the batch are large enough."""
+    count, lo = summary[:, 0], summary[:, 2].clone()  # the min before this batch
+    none = torch.full_like(count, -math.inf)
+    if not floor_rank > 0 or n_batch < _FLOOR_MIN_BATCH:
+        return none, lo
+    before = torch.cumsum(weights, 1) - weights
+    past = (before >= floor_rank * count[:, None]) & (weights > 0)
+    first = past.long().argmax(1)
+    at = means.gather(1, first[:, None])[:, 0]
+    ok = past.any(1) & (count >= _FLOOR_MIN_COUNT) & lo.isfinite() & at.isfinite() & (lo < at)
+    return torch.where(ok, at, none), lo

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Sub
 from lavise_fast.errors import InputError, InputTypeError
 
 __all__ = ["image_batch", "batch_size_of", "is_sequential", "subset_loader", "images_at", "batches_after",
-           "default_workers", "length_of"]
+           "default_workers", "length_of", "images_at_most"]
 
 
 def length_of(items) -> int | None:
@@ -33,6 +33,22 @@ def length_of(items) -> int | None:
         return len(items)
     except TypeError:
         return None
+
+
+def images_at_most(loader) -> int | None:
+    """At least as many images as one pass over ``loader`` yields, known before it starts, or None:
+    a list or tuple of batches: their images; a DataLoader: ``len(loader) * batch_size`` (its
+    last batch may be smaller); anything else: None.
+
+    Args:
+        loader: any loader.
+    """
+    if isinstance(loader, (list, tuple)):
+        return sum(image_batch(batch).shape[0] for batch in loader)
+    batches, size = length_of(loader), getattr(loader, "batch_size", None)
+    if isinstance(loader, DataLoader) and batches is not None and isinstance(size, int) and size > 0:
+        return batches * size
+    return None
 
 
 def default_workers() -> int:

@@ -179,7 +179,7 @@ def cosine_topk(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torc
 
 
 def quantile_sketch_update(
-    features: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor
+    features: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, summary: torch.Tensor, floor_rank: float = 0.0
 ) -> None:
     """Adds every position of ``features`` [N, C, H, W] to a per-channel quantile sketch, in place.
 
@@ -190,13 +190,21 @@ def quantile_sketch_update(
     +inf. See :class:`lavise_fast.stats.ChannelQuantiles`, which owns these tensors and reads
     quantiles from them.
 
+    With ``floor_rank`` r in (0, 1), on the CPU, a channel whose sketch holds at least 16,384
+    values and whose batch brings at least 4,096 has a floor f: the mean of its first centroid
+    with weight before it >= r * count. The batch's numbers below f skip the sort: they enter as
+    128 equal-width bins over [min, f), each one item (count, mean). Quantiles whose values lie
+    above every floor used are those of the sketch without one; below, they are approximate.
+    The CUDA kernel sorts every value whatever ``floor_rank``.
+
     Args:
         features: [N, C, H, W].
         means: [C, capacity] float64, the centroids' means (updated in place).
         weights: [C, capacity] float64, their weights (updated in place).
         summary: [C, 4] float64: count, nan_count, min, max (updated in place).
+        floor_rank: 0 (no floor, the default) or the floor's rank in (0, 1).
     """
-    _ops.quantile_sketch_update.default(features, means, weights, summary)
+    _ops.quantile_sketch_update.default(features, means, weights, summary, float(floor_rank))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ def _register_fakes() -> None:
         return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
 
     @torch.library.register_fake("lavise_fast::quantile_sketch_update")
-    def _(features, means, weights, summary):
+    def _(features, means, weights, summary, floor_rank=0.0):
         torch._check(features.dim() == 4, lambda: "features must be 4-D [N, C, H, W]")
         return None
 

@@ -18,7 +18,30 @@ from lavise_fast.errors import InputError
 from lavise_fast.merges import merge_ranked, merge_sketches
 from lavise_fast.validate import int_at_least, positive_int
 
-__all__ = ["TopImages", "ChannelQuantiles"]
+__all__ = ["TopImages", "ChannelQuantiles", "safe_floor_rank"]
+
+
+def safe_floor_rank(quantile: float, seen: int, total: int | None, margin: float = 2.0) -> float:
+    """The ``floor_rank`` for :meth:`ChannelQuantiles.update` that leaves the stream's
+    ``quantile`` untouched, once ``seen`` of its ``total`` items (images) are in the sketch:
+    ``r = 1 - margin * (1 - quantile) * total / seen``, or 0 (no floor) when r <= 1/2 or the
+    total is unknown.
+
+    Why it is safe: at most a share 1 - q of the whole stream lies above its q-quantile Q, so
+    at most (1 - q) * total of the seen items do, and the seen items' value at rank
+    1 - (1 - q) * total / seen is at most Q. ``margin`` (>= 1) keeps the sketch's own error at
+    that rank far from Q, so every number at or above Q enters one by one.
+
+    Args:
+        quantile: the quantile that must stay as without a floor, in (0, 1).
+        seen: items already in the sketch (>= 0).
+        total: items in the whole stream (None: unknown).
+        margin: how many times the bound's distance to stay below it (default 2).
+    """
+    if not total or seen <= 0:
+        return 0.0
+    rank = 1.0 - margin * (1.0 - quantile) * total / seen
+    return rank if 0.5 < rank < 1.0 else 0.0
 
 
 def _device(device: torch.device | str | None) -> torch.device:
@@ -105,6 +128,8 @@ class ChannelQuantiles:
     number of NaN (ignored), the min and the max. Memory is ``capacity * 16`` bytes per
     channel whatever the number of images. Singletons are exact: while a channel has seen
     fewer values than about ``capacity / 2`` the quantiles equal ``torch.quantile``'s.
+    An update with a ``floor_rank`` (what ``explain`` passes, from :func:`safe_floor_rank`)
+    lets the CPU skip sorting the values far below the quantile it needs.
 
     Args:
         num_channels: C, at least 1.
@@ -132,18 +157,25 @@ class ChannelQuantiles:
         """NaN values seen (and ignored) per channel, [C] float64."""
         return self.summary[:, 1]
 
-    def update(self, features: torch.Tensor) -> None:
+    def update(self, features: torch.Tensor, floor_rank: float = 0.0) -> None:
         """Adds every position of a batch [N, C, H, W].
 
         Args:
             features: the batch's feature maps [N, C, H, W].
+            floor_rank: 0 (the default: every value enters one by one), or a rank r in (0, 1)
+                below which the batch may enter coarsely: on the CPU, the numbers below the
+                sketch's value at rank r skip the sort and enter as 128 bins (see
+                ``ops.quantile_sketch_update``). Quantiles above every such floor are unchanged;
+                :func:`safe_floor_rank` gives an r that keeps a known quantile so.
         """
         if features.dim() != 4 or features.shape[1] != self.num_channels:
             raise InputError(
                 f"features must have shape [N, {self.num_channels}, H, W], got {tuple(features.shape)}"
             )
+        if not (floor_rank == 0 or 0 < floor_rank < 1):
+            raise InputError(f"floor_rank must be 0 (no floor) or lie in (0, 1), got {floor_rank!r}")
         self._follow(features.device)
-        ops.quantile_sketch_update(features, self.means, self.weights, self.summary)
+        ops.quantile_sketch_update(features, self.means, self.weights, self.summary, float(floor_rank))
 
     def merge(self, other: ChannelQuantiles) -> ChannelQuantiles:
         """Folds in another sketch of the same channels and capacity. Returns self.

@@ -46,11 +46,12 @@ from lavise_fast.grids import layout_override
 from lavise_fast.groups import split_in_two
 from lavise_fast.hashing import digest, model_fingerprint
 from lavise_fast.layers import LayerFeatures, default_layer, model_device, resolve_layer
-from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at, length_of
+from lavise_fast.loaders import batch_size_of, batches_after, image_batch, images_at, images_at_most, length_of
 from lavise_fast.onnx import OnnxHead, export_onnx
 from lavise_fast.result import ExplainResult, SweepSettings
 from lavise_fast.scoring import DEFAULT_SCORING, SCORINGS, ranked_words, score_layer, word_scores
 from lavise_fast.semantics import Vocabulary
+from lavise_fast.stats import safe_floor_rank
 from lavise_fast.sweep_state import LayerSweep
 from lavise_fast.validate import positive_int
 
@@ -128,7 +129,9 @@ def explain(
         vocabulary: the candidate words in the explainer's space; default the 1,202 LaViSE
             entities in the default space (only for explainers trained in it).
         quantile: the per-filter threshold quantile over all positions of all images (0.995, the
-            top 0.5 % of Network Dissection).
+            top 0.5 % of Network Dissection). When the pass's number of images is known (a list of
+            batches or a DataLoader), the CPU sketch bins the values far below it instead of
+            sorting them (``stats.safe_floor_rank``): the thresholds stay those of a full sort.
         thresholds: per-filter thresholds [C] to use instead of the quantile (e.g.
             ``result.thresholds`` of an earlier run over all filters); for several layers a dict
             {layer name: thresholds}.
@@ -239,7 +242,7 @@ def explain(
                         "layers": {} if sweeps is None else {n: sw.state_dict() for n, sw in sweeps.items()}})
 
         if not pass_done:
-            total = length_of(run_loader)
+            total, run_images = length_of(run_loader), images_at_most(run_loader)
             desc = f"explain {', '.join(names)}" + (f" (rank {shard.rank} of {shard.world})" if shard else "")
             for batch in tqdm(batches_after(run_loader, batches, base), desc=desc, total=total, initial=batches,
                               disable=not progress):
@@ -248,8 +251,9 @@ def explain(
                 layouts.update({name: layout.describe() for name, layout in tap.layouts.items()})
                 if sweeps is None:
                     sweeps = start({name: features[name].shape[1] for name in names})
+                floor_rank = safe_floor_rank(quantile, base, run_images)  # spares sorting values far below it
                 for name, sweep in sweeps.items():
-                    sweep.update(features[name], base)
+                    sweep.update(features[name], base, floor_rank)
                 base += images.shape[0]
                 batches += 1
                 del features  # freed before the next forward, which can then reuse its memory

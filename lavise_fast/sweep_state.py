@@ -314,16 +314,17 @@ class LayerSweep:
         if isinstance(head, Explainer) and not head.training and method in ("projection", "activation"):
             self.first_layer = tuple(t.to(device) for t in head.first_layer())
 
-    def update(self, features: torch.Tensor, base: int) -> None:
+    def update(self, features: torch.Tensor, base: int, floor_rank: float = 0.0) -> None:
         """Adds a batch of features [N, C, h, w] whose images have the indices base, ..., base + N - 1.
 
         Args:
             features: the layer's output for the batch, [N, C, h, w].
             base: the index of the batch's first image.
+            floor_rank: the quantile sketch's floor for this batch (``ChannelQuantiles.update``).
         """
         tops, pairs = self.tops, self.pairs
         tops.update(features, base)
-        self.quantiles.update(features)
+        self.quantiles.update(features, floor_rank)
         if not self.in_pass:
             return
         n = features.shape[0]

@@ -705,6 +705,37 @@ def test_quantile_sketch_update_matches_reference(device, dtype, N, C, H, W, cap
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_quantile_sketch_update_with_a_floor_matches_reference(device, dtype):
+    # 8,192 values a channel a batch: from the third batch on (count >= 16,384) the CPU kernel bins
+    # the numbers below the floor. ReLU zeros, rounded ties, NaN, +-inf and a value below the old
+    # min; the CUDA kernel sorts everything, so it matches the reference without a floor.
+    C, capacity = 4, 64
+    expected, plain = new_sketch(C, capacity), new_sketch(C, capacity)
+    state = tuple(t.to(device, copy=True) for t in expected)
+    for batch in range(6):
+        x = torch.randn(2, C, 64, 64) * (1 + batch % 3) + (0.5 if batch == 4 else 0.0)
+        x[:, 1] = x[:, 1].relu()
+        x[:, 2] = x[:, 2].round()
+        x[torch.rand(x.shape) < 0.01] = math.nan
+        if batch == 3:
+            x[0, 0, 0, 0], x[1, 0, 5, 5], x[0, 3, 1, 1] = -math.inf, math.inf, -50.0
+        x = x.to(dtype)
+        ops.quantile_sketch_update(x.to(device), *state, floor_rank=0.9)
+        _reference.quantile_sketch_update(x, *expected, floor_rank=0.9 if device == "cpu" else 0.0)
+        _reference.quantile_sketch_update(x, *plain)
+        assert_sketch_equal(state, expected)
+    assert (state[1].sum(1).cpu() == expected[2][:, 0]).all()  # the bins' weights add up too
+    if device == "cpu":
+        assert not torch.equal(expected[1], plain[1])  # the floor did bin: this test can tell
+
+
+def test_quantile_sketch_update_refuses_a_floor_rank_outside_0_1(device):
+    with pytest.raises(ValueError, match="floor_rank must be 0"):
+        ops.quantile_sketch_update(randn(2, 3, 4, 4, device=device), *(t.to(device) for t in new_sketch(3, 16)),
+                                   floor_rank=1.5)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_quantile_sketch_update_noncontiguous_features(device, dtype):
     expected = earlier_sketch(4, 16)
     state = tuple(t.to(device, copy=True) for t in expected)  # a copy, also on CPU

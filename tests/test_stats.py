@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lavise_fast.stats import ChannelQuantiles, TopImages
+from lavise_fast.stats import ChannelQuantiles, TopImages, safe_floor_rank
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -251,6 +251,39 @@ def test_channel_quantiles_nan_is_counted_and_ignored(device):
         assert estimate[2].isnan()
 
 
+def test_a_safe_floor_keeps_the_quantile_of_a_drifting_stream(device):
+    # Images sorted by class, as an unshuffled ImageFolder gives them: the first 15 % fire high,
+    # the rest low, and one early outlier stretches the range the bins cover. 20 batches of
+    # 8 images of 32 x 32 (8,192 values a channel a batch): floors from the third batch on.
+    total, q = 160, 0.995
+    batches = [torch.randn(8, 3, 32, 32) * (4.0 if i < 3 else 1.0) + (4.0 if i < 3 else 0.0) for i in range(20)]
+    batches[0][0, :, 0, 0] = -500.0
+    safe, plain, fixed = (ChannelQuantiles(3, device=device) for _ in range(3))
+    seen, ranks = 0, []
+    for x in batches:
+        ranks.append(safe_floor_rank(q, seen, total))
+        safe.update(x.to(device), ranks[-1])
+        plain.update(x.to(device))
+        fixed.update(x.to(device), 0.97)  # a floor that ignores how much of the stream is still to come
+        seen += x.shape[0]
+    assert ranks[0] == 0.0 and 0.5 < ranks[2] < ranks[-1] < q  # no floor before any image, then rising
+    values = torch.cat(batches).transpose(0, 1).reshape(3, -1)
+    assert_close(safe.quantile(q).cpu(), plain.quantile(q).cpu(), rtol=1e-6, atol=0)
+    assert ((share_above(values, safe.quantile(q)) - (1 - q)).abs() <= 0.02 * (1 - q)).all()
+    if device == "cpu":  # (the CUDA kernel sorts every value: no floor to get wrong)
+        # The control: later batches of high images bin their values near the quantile.
+        assert ((share_above(values, fixed.quantile(q)) - (1 - q)).abs() > 0.02 * (1 - q)).any()
+
+
+def test_safe_floor_rank():
+    assert safe_floor_rank(0.995, 0, 100) == 0.0  # nothing seen yet
+    assert safe_floor_rank(0.995, 50, None) == 0.0  # the stream's length is unknown
+    assert safe_floor_rank(0.995, 5, 1000) == 0.0  # 1 - 2 * 0.005 * 200 < 1/2: no floor
+    assert safe_floor_rank(0.995, 500, 1000) == pytest.approx(1 - 2 * 0.005 * 2)
+    assert safe_floor_rank(0.9, 1000, 1000, margin=1.0) == pytest.approx(0.9)
+    assert safe_floor_rank(0.995, 250, 1000) < safe_floor_rank(0.995, 750, 1000)
+
+
 def test_channel_quantiles_errors(device):
     with pytest.raises(ValueError, match="num_channels"):
         ChannelQuantiles(0, device=device)
@@ -261,6 +294,9 @@ def test_channel_quantiles_errors(device):
         sketch.update(torch.randn(2, 4, 3, 3, device=device))
     with pytest.raises(ValueError, match="features"):
         sketch.update(torch.randn(3, 3, 3, device=device))
+    for rank in [-0.1, 1.0, math.nan]:
+        with pytest.raises(ValueError, match="floor_rank"):
+            sketch.update(torch.randn(2, 3, 3, 3, device=device), rank)
     for q in [-0.01, 1.01, math.nan]:
         with pytest.raises(ValueError, match="q must"):
             sketch.quantile(q)

@@ -17,6 +17,9 @@ import pytest
 import sweep_setup as setup
 import torch
 
+import lavise_fast.stats
+import lavise_fast.sweep
+from lavise_fast.loaders import images_at_most
 from lavise_fast.sweep import explain
 
 HERE = Path(__file__).parent
@@ -27,11 +30,11 @@ def world():
     return setup.tiny_model(), setup.explainers(), setup.vocabulary()
 
 
-def run(world, dataset, layers=setup.LAYERS, **kw):
+def run(world, dataset, layers=setup.LAYERS, loader_batch=5, **kw):
     model, expls, vocab = world
     kw = {"top_images": 4, "words_per_image": 3, "progress": False, **kw}
     chosen = {name: expls[name] for name in layers} if isinstance(layers, list) else expls[layers]
-    return explain(model, setup.loader(dataset), chosen, layer=layers, vocabulary=vocab, **kw)
+    return explain(model, setup.loader(dataset, loader_batch), chosen, layer=layers, vocabulary=vocab, **kw)
 
 
 @pytest.mark.parametrize("method", ["projection", "image", "original"])
@@ -58,6 +61,36 @@ def test_several_layers_take_per_layer_thresholds_and_explainer_lists(world):
     as_list = explain(model, setup.loader(dataset), list(expls.values()), vocabulary=vocab, top_images=4,
                       words_per_image=3, progress=False)
     setup.same(as_list, first)
+
+
+def test_the_sketch_floor_leaves_thresholds_and_words_as_without_it(world, monkeypatch):
+    # 96 images sorted by "class" (the first 12 brighter), in batches of 8: block1's 8 x 576
+    # positions a batch reach the floor's minimum from the fifth batch on. The thresholds (the
+    # sketch's 0.995 quantiles) and everything else equal a sweep whose sketch sorts every value.
+    dataset = setup.RandomImages(96)
+    dataset.images[:12] = dataset.images[:12] * 2 + 3
+    ranks = []
+    update = lavise_fast.stats.ChannelQuantiles.update
+
+    def recording(self, features, floor_rank=0.0):
+        ranks.append(floor_rank)
+        update(self, features, floor_rank)
+
+    monkeypatch.setattr(lavise_fast.stats.ChannelQuantiles, "update", recording)
+    floored = run(world, dataset, loader_batch=8)
+    assert max(ranks) > 0.95 and ranks[0] == 0.0  # the floor was on, after a first batch without
+    monkeypatch.setattr(lavise_fast.sweep, "safe_floor_rank", lambda *args: 0.0)
+    setup.same(floored, run(world, dataset, loader_batch=8))
+
+
+def test_images_at_most_bounds_one_pass_before_it_starts():
+    dataset = setup.RandomImages(23)
+    assert images_at_most(setup.loader(dataset, 5)) == 25  # 5 batches, the last one of 3
+    assert images_at_most(setup.loader(dataset, 23)) == 23
+    assert images_at_most([torch.zeros(4, 3, 2, 2), (torch.zeros(3, 3, 2, 2), "labels")]) == 7
+    assert images_at_most(x for x in [torch.zeros(4, 3, 2, 2)]) is None  # a generator: unknown
+    one_pass = sum(batch.shape[0] for batch in setup.loader(dataset, 5))
+    assert one_pass <= images_at_most(setup.loader(dataset, 5))
 
 
 def test_several_layers_bad_arguments(world):

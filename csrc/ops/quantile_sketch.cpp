@@ -6,8 +6,12 @@ void check_quantile_sketch(
     const at::Tensor& features,
     const at::Tensor& means,
     const at::Tensor& weights,
-    const at::Tensor& summary) {
+    const at::Tensor& summary,
+    double floor_rank) {
   check_rank(features, "features", 4, "[N, C, H, W]");
+  TORCH_CHECK_VALUE(
+      floor_rank == 0.0 || (floor_rank > 0.0 && floor_rank < 1.0),
+      "floor_rank must be 0 (no floor) or lie in (0, 1), got ", floor_rank);
   check_floating(features, "features");
   check_rank(means, "means", 2, "[C, capacity]");
   check_rank(weights, "weights", 2, "[C, capacity]");

@@ -9,6 +9,13 @@
 // the same bucket become one centroid. delta = (capacity - 2) / (2 ln 2W) keeps
 // at most `capacity` buckets. The logit scale makes centroids hold a share
 // ~ q(1 - q) / delta of the data: fine in both tails, where thresholds live.
+//
+// The floor (CPU kernel; floor_rank in (0, 1)): when a channel's sketch already holds at least
+// kFloorMinCount values and the batch brings at least kFloorMinBatch, the values below the floor
+// f (the mean of the first old centroid with weight before it >= floor_rank * count) skip the sort:
+// they enter as kFloorBins equal-width bins over [min, f) (a value below the old min in bin 0),
+// each a weighted item (count, mean of its values), merged with the old centroids before the
+// walk. Everything at or above f (and -inf) enters value by value as without a floor.
 #pragma once
 
 #include "common.h"
@@ -23,15 +30,67 @@ constexpr int64_t kSummaryMin = 2;
 constexpr int64_t kSummaryMax = 3;
 constexpr int64_t kSummaryFields = 4;
 
-// features [N, C, H, W] floating; means, weights [C, capacity] float64; summary [C, 4] float64.
+constexpr int kFloorBins = 128;
+constexpr double kFloorMinCount = 16384.0;
+constexpr int64_t kFloorMinBatch = 4096;
+
+// features [N, C, H, W] floating; means, weights [C, capacity] float64; summary [C, 4] float64;
+// floor_rank 0 (no floor) or in (0, 1).
 void check_quantile_sketch(
     const at::Tensor& features,
     const at::Tensor& means,
     const at::Tensor& weights,
-    const at::Tensor& summary);
+    const at::Tensor& summary,
+    double floor_rank);
 
 LAVISE_HOST_DEVICE bool is_infinite(double x) {
   return x > DBL_MAX || x < -DBL_MAX;
+}
+
+// A channel's floor for one batch (see the top of this file): off unless at > -inf.
+struct SketchFloor {
+  double at = -DBL_MAX * 2.0, lo = 0.0, scale = 0.0;
+
+  // Whether v enters through a bin: a number below the floor (-inf never does).
+  LAVISE_HOST_DEVICE bool below(float v) const {
+    return static_cast<double>(v) < at && v >= -FLT_MAX;
+  }
+
+  // v's bin: floor((v - lo) * kFloorBins / (at - lo)), clamped to [0, kFloorBins - 1].
+  LAVISE_HOST_DEVICE int bin(float v) const {
+    const double b = (static_cast<double>(v) - lo) * scale;
+    return b < 1.0 ? 0 : (b >= kFloorBins - 1 ? kFloorBins - 1 : static_cast<int>(b));
+  }
+};
+
+// The floor of a channel (means, weights: its `capacity` centroid slots; summary: its row) for a
+// batch of n_batch values; off for floor_rank <= 0, a sketch of fewer than kFloorMinCount values,
+// a batch of fewer than kFloorMinBatch, or a floor that is not a number above a finite min.
+LAVISE_HOST_DEVICE SketchFloor sketch_floor(
+    const double* means,
+    const double* weights,
+    int64_t capacity,
+    const double* summary,
+    int64_t n_batch,
+    double floor_rank) {
+  SketchFloor floor;
+  const double count = summary[kSummaryCount], lo = summary[kSummaryMin];
+  if (!(floor_rank > 0.0) || count < kFloorMinCount || n_batch < kFloorMinBatch || is_infinite(lo)) {
+    return floor;
+  }
+  double before = 0.0;
+  for (int64_t i = 0; i < capacity && weights[i] > 0.0; ++i) {
+    if (before >= floor_rank * count) {
+      if (!is_infinite(means[i]) && lo < means[i]) {
+        floor.at = means[i];
+        floor.lo = lo;
+        floor.scale = kFloorBins / (means[i] - lo);
+      }
+      break;
+    }
+    before += weights[i];
+  }
+  return floor;
 }
 
 LAVISE_HOST_DEVICE double sketch_delta(int64_t capacity, double total) {
@@ -339,9 +398,49 @@ LAVISE_HOST_DEVICE void sketch_centroid_from(
 }
 
 // Folds one channel's batch into its sketch: counts n_nan NaN, updates the summary row
-// (count, nan_count, min, max) and merges the n_values sorted numbers into the centroid rows
-// (means, weights: `capacity` slots, unused ones of weight 0) through the scratch rows.
-// A channel with no number keeps its centroids as they were.
+// (count, nan_count, min, max) and merges the n_values sorted numbers and n_binned numbers
+// below the floor (their least: binned_min) into the centroid rows (means, weights: `capacity`
+// slots, unused ones of weight 0) through the scratch rows. The walk's old items are
+// items_means/items_weights (n_items of them: the old centroids, with the bins merged in when
+// n_binned > 0). A channel with no number keeps its centroids as they were.
+LAVISE_HOST_DEVICE void sketch_update_channel_with(
+    const float* sorted,
+    int64_t n_values,
+    int64_t n_nan,
+    int64_t n_binned,
+    double binned_min,
+    int64_t capacity,
+    const double* items_means,
+    const double* items_weights,
+    int64_t n_items,
+    double* means,
+    double* weights,
+    double* summary,
+    double* scratch_means,
+    double* scratch_weights) {
+  summary[kSummaryNaN] += static_cast<double>(n_nan);
+  if (n_values + n_binned == 0) {
+    return;
+  }
+  double least = binned_min;
+  if (n_values > 0) {
+    const double first = static_cast<double>(sorted[0]);
+    const double last = static_cast<double>(sorted[n_values - 1]);
+    least = first < least ? first : least;
+    summary[kSummaryMax] = summary[kSummaryMax] < last ? last : summary[kSummaryMax];
+  }
+  summary[kSummaryMin] = least < summary[kSummaryMin] ? least : summary[kSummaryMin];
+  const double total = summary[kSummaryCount] + static_cast<double>(n_values + n_binned);
+  const int64_t n_out = sketch_merge_compress(
+      items_means, items_weights, n_items, sorted, n_values, total, capacity, scratch_means, scratch_weights);
+  for (int64_t j = 0; j < capacity; ++j) {
+    means[j] = j < n_out ? scratch_means[j] : 0.0;
+    weights[j] = j < n_out ? scratch_weights[j] : 0.0;
+  }
+  summary[kSummaryCount] = total;
+}
+
+// sketch_update_channel_with without a floor: the old centroids are the walk's old items.
 LAVISE_HOST_DEVICE void sketch_update_channel(
     const float* sorted,
     int64_t n_values,
@@ -352,26 +451,12 @@ LAVISE_HOST_DEVICE void sketch_update_channel(
     double* summary,
     double* scratch_means,
     double* scratch_weights) {
-  summary[kSummaryNaN] += static_cast<double>(n_nan);
-  if (n_values == 0) {
-    return;
-  }
-  const double first = static_cast<double>(sorted[0]);
-  const double last = static_cast<double>(sorted[n_values - 1]);
-  summary[kSummaryMin] = first < summary[kSummaryMin] ? first : summary[kSummaryMin];
-  summary[kSummaryMax] = summary[kSummaryMax] < last ? last : summary[kSummaryMax];
-  const double total = summary[kSummaryCount] + static_cast<double>(n_values);
   int64_t n_old = 0;
   while (n_old < capacity && weights[n_old] > 0.0) {
     ++n_old;
   }
-  const int64_t n_out = sketch_merge_compress(
-      means, weights, n_old, sorted, n_values, total, capacity, scratch_means, scratch_weights);
-  for (int64_t j = 0; j < capacity; ++j) {
-    means[j] = j < n_out ? scratch_means[j] : 0.0;
-    weights[j] = j < n_out ? scratch_weights[j] : 0.0;
-  }
-  summary[kSummaryCount] = total;
+  sketch_update_channel_with(sorted, n_values, n_nan, 0, DBL_MAX * 2.0, capacity, means, weights, n_old, means,
+                             weights, summary, scratch_means, scratch_weights);
 }
 
 }  // namespace lavise_fast

@@ -126,7 +126,7 @@ void test_cosine_topk() {
 }
 
 void test_quantile_sketch() {
-  auto f = op<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&)>("lavise_fast::quantile_sketch_update");
+  auto f = op<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, double)>("lavise_fast::quantile_sketch_update");
   const int64_t C = 3, capacity = 256;
   auto means = at::zeros({C, capacity}, at::kDouble);
   auto weights = at::zeros({C, capacity}, at::kDouble);
@@ -134,8 +134,8 @@ void test_quantile_sketch() {
   summary.select(1, 2).fill_(std::numeric_limits<double>::infinity());
   summary.select(1, 3).fill_(-std::numeric_limits<double>::infinity());
   auto x = at::randn({4, C, 3, 3});  // 36 values per channel: every centroid stays a singleton
-  f.call(x.narrow(0, 0, 2), means, weights, summary);
-  f.call(x.narrow(0, 2, 2), means, weights, summary);
+  f.call(x.narrow(0, 0, 2), means, weights, summary, 0.0);
+  f.call(x.narrow(0, 2, 2), means, weights, summary, 0.0);
   auto flat = x.transpose(0, 1).reshape({C, -1}).to(at::kDouble);
   auto sorted = std::get<0>(flat.sort(1));
   check(at::equal(weights.narrow(1, 0, 36), at::ones({C, 36}, at::kDouble)), "sketch keeps singletons");
@@ -147,7 +147,7 @@ void test_quantile_sketch() {
 // each start) against the sequential walk of the CPU kernel, on CPU, over sketches with heavy old
 // centroids, values tied with old means, infinities and one-value batches. Bit for bit.
 void test_sketch_parallel_form() {
-  auto f = op<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&)>("lavise_fast::quantile_sketch_update");
+  auto f = op<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, double)>("lavise_fast::quantile_sketch_update");
   int cases = 0, agree = 0;
   for (int64_t capacity : {8, 16, 33, 64}) {
     for (int64_t n_new : {1, 7, 200, 3000}) {
@@ -161,7 +161,7 @@ void test_sketch_parallel_form() {
         // Earlier batches of rounded values: many centroids hold one repeated value, which the new
         // values below then tie with.
         for (int b = 0; b < 1 + seed; ++b) {
-          f.call(at::round(at::randn({50 * (b + 1), 1, 2, 2}) * 3), means, weights, summary);
+          f.call(at::round(at::randn({50 * (b + 1), 1, 2, 2}) * 3), means, weights, summary, 0.0);
         }
         auto values = at::round(at::randn({n_new}) * 3 + (seed == 2 ? 0.5 : 0.0));
         if (n_new > 7) {

@@ -122,8 +122,11 @@ void quantile_sketch_update_kernel(
     const at::Tensor& features,
     at::Tensor& means,
     at::Tensor& weights,
-    at::Tensor& summary) {
-  check_quantile_sketch(features, means, weights, summary);
+    at::Tensor& summary,
+    double floor_rank) {
+  // The floor only spares the CPU its sorts: here every value is sorted, whatever floor_rank (the
+  // sketch a floor approximates below it; at and above the floor both take the same items).
+  check_quantile_sketch(features, means, weights, summary, floor_rank);
   if (features.numel() == 0) {
     return;
   }
