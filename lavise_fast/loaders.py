@@ -37,18 +37,19 @@ def length_of(items) -> int | None:
 
 def images_at_most(loader) -> int | None:
     """At least as many images as one pass over ``loader`` yields, known before it starts, or None:
-    a list or tuple of batches: their images; a DataLoader: ``len(loader) * batch_size`` (its
-    last batch may be smaller); anything else: None.
+    a list or tuple of batches: their images; a DataLoader over a map-style dataset:
+    ``len(loader) * batch_size`` (its last batch may be smaller); anything else (an iterable
+    dataset's length is only what it says, and each worker may yield it whole): None.
 
     Args:
         loader: any loader.
     """
     if isinstance(loader, (list, tuple)):
         return sum(image_batch(batch).shape[0] for batch in loader)
-    batches, size = length_of(loader), getattr(loader, "batch_size", None)
-    if isinstance(loader, DataLoader) and batches is not None and isinstance(size, int) and size > 0:
-        return batches * size
-    return None
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return None
+    batches, size = length_of(loader), loader.batch_size
+    return batches * size if batches is not None and isinstance(size, int) and size > 0 else None
 
 
 def default_workers() -> int:

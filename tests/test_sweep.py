@@ -89,6 +89,15 @@ def test_images_at_most_bounds_one_pass_before_it_starts():
     assert images_at_most(setup.loader(dataset, 23)) == 23
     assert images_at_most([torch.zeros(4, 3, 2, 2), (torch.zeros(3, 3, 2, 2), "labels")]) == 7
     assert images_at_most(x for x in [torch.zeros(4, 3, 2, 2)]) is None  # a generator: unknown
+
+    class Stream(torch.utils.data.IterableDataset):  # says 4 images; two workers would yield 8
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            return iter(torch.zeros(4, 3, 2, 2))
+
+    assert images_at_most(torch.utils.data.DataLoader(Stream(), batch_size=2)) is None
     one_pass = sum(batch.shape[0] for batch in setup.loader(dataset, 5))
     assert one_pass <= images_at_most(setup.loader(dataset, 5))
 
