@@ -93,6 +93,15 @@ LAVISE_HOST_DEVICE SketchFloor sketch_floor(
   return floor;
 }
 
+// How many of a channel's `capacity` centroid slots are in use (a prefix of positive weights).
+LAVISE_HOST_DEVICE int64_t sketch_centroids_used(const double* weights, int64_t capacity) {
+  int64_t n = 0;
+  while (n < capacity && weights[n] > 0.0) {
+    ++n;
+  }
+  return n;
+}
+
 LAVISE_HOST_DEVICE double sketch_delta(int64_t capacity, double total) {
   return static_cast<double>(capacity - 2) / (2.0 * log(2.0 * total));
 }
@@ -451,10 +460,7 @@ LAVISE_HOST_DEVICE void sketch_update_channel(
     double* summary,
     double* scratch_means,
     double* scratch_weights) {
-  int64_t n_old = 0;
-  while (n_old < capacity && weights[n_old] > 0.0) {
-    ++n_old;
-  }
+  const int64_t n_old = sketch_centroids_used(weights, capacity);
   sketch_update_channel_with(sorted, n_values, n_nan, 0, DBL_MAX * 2.0, capacity, means, weights, n_old, means,
                              weights, summary, scratch_means, scratch_weights);
 }

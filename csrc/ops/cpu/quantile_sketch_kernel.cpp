@@ -149,10 +149,7 @@ void quantile_sketch_impl(
         continue;
       }
       // The bins join the old centroids as weighted items (merged by mean, old first on ties).
-      int64_t n_old = 0;
-      while (n_old < capacity && cw[n_old] > 0.0) {
-        ++n_old;
-      }
+      const int64_t n_old = sketch_centroids_used(cw, capacity);
       int64_t i = 0, k = 0;
       for (int b = 0; b <= kFloorBins; ++b) {
         if (b < kFloorBins && bins.weight[b] == 0.0) {
